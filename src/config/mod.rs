@@ -1,0 +1,343 @@
+//! The pipeline file: what receivers listen, which pipelines read them, and where traces go.
+//!
+//! Loading has two layers. Deserialization mirrors the YAML exactly (`deny_unknown_fields` on
+//! every struct, component kinds chosen by `type:`), so a typo is an error with its line, not a
+//! silently ignored key. Then [`Config::validate`] checks what types cannot: references between
+//! sections, and that every pipeline has somewhere to send its traces. Every error names the
+//! file, line, column, the path of the field and why.
+
+pub mod tagged;
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::MapAccess;
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+use tagged::Tagged;
+
+use crate::receive::grpc::GrpcConfig;
+use crate::receive::http::HttpConfig;
+use crate::sink::SinkConfig;
+use units::{ByteSize, HumanDuration};
+
+/// The embedded default pipeline, `pipelines/default.yaml`, used by `traceloom run` without
+/// `--config`.
+pub const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/default.yaml");
+
+/// The name under which the embedded default is reported in errors.
+pub const DEFAULT_PIPELINE_NAME: &str = "<embedded pipelines/default.yaml>";
+
+/// A whole pipeline file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Named receivers; pipelines refer to them by name.
+    #[serde(default)]
+    pub receivers: BTreeMap<String, ReceiverConfig>,
+    /// The admin HTTP server (`/metrics`, `/health`).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Named pipelines.
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// How long shutdown may take to drain before in-flight work is abandoned.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: HumanDuration,
+}
+
+fn default_shutdown_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+
+/// A receiver, chosen by `type:`.
+#[derive(Debug)]
+pub enum ReceiverConfig {
+    /// OTLP over gRPC and/or HTTP.
+    Otlp(OtlpReceiverConfig),
+}
+
+impl Tagged for ReceiverConfig {
+    const FAMILY: &'static str = "receiver";
+    const KINDS: &'static [&'static str] = &["otlp"];
+
+    fn from_rest<'de, A: MapAccess<'de>>(_kind: &str, rest: A) -> Result<Self, A::Error> {
+        tagged::settings(rest).map(ReceiverConfig::Otlp)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReceiverConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+/// `type: otlp`: a section that is absent is not served; `grpc: {}` serves it with defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpReceiverConfig {
+    /// OTLP/gRPC, default `127.0.0.1:4317`.
+    #[serde(default)]
+    pub grpc: Option<GrpcConfig>,
+    /// OTLP/HTTP, default `127.0.0.1:4318`.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
+}
+
+/// `admin:`, the HTTP server for `/metrics` and `/health`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to listen on; `null` disables the admin server.
+    pub endpoint: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: Some("127.0.0.1:8888".into()),
+        }
+    }
+}
+
+/// One pipeline: which receivers feed it and which sinks it writes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Names of receivers (in `receivers:`) whose spans this pipeline takes.
+    pub receivers: Vec<Spanned<String>>,
+    /// The pipeline's input queue.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Named sinks; every trace goes to each of them.
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// The bounded queue in front of a pipeline, or of a sink.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most bytes of decoded requests held before receivers push back.
+    pub max_bytes: ByteSize,
+    /// How long a receiver waits for room before answering 503 / `UNAVAILABLE`.
+    pub admission_timeout: HumanDuration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize::mib(64),
+            admission_timeout: HumanDuration(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line and column, when known.
+    pub position: Option<(u64, u64)>,
+    /// Dotted path of the field, e.g. `pipelines.default.receivers[0]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A pipeline file that cannot be used; lists every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or the embedded default's name.
+    pub file: String,
+    /// Every problem, in file order where positions are known.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some((line, col)) = p.position {
+                write!(f, ":{line}:{col}")?;
+            }
+            if !p.path.is_empty() {
+                write!(f, ": {}", p.path)?;
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a pipeline file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the file cannot be read, parsed or validated.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem {
+                position: None,
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// The embedded default pipeline.
+    pub fn embedded_default() -> Self {
+        Self::parse(DEFAULT_PIPELINE, DEFAULT_PIPELINE_NAME)
+            .expect("the embedded default pipeline is validated by a unit test")
+    }
+
+    /// Parses and validates pipeline text; `file` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] listing every problem found.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: file.to_string(),
+            problems,
+        };
+        let mut path = String::new();
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                path = e.path().to_string();
+                e.into_inner()
+            })
+        });
+        let config: Config = match parsed {
+            Ok(c) => c,
+            Err(e) => return Err(fail(vec![syntax_problem(&path, &e)])),
+        };
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    /// Checks what deserialization cannot: references and non-empty sections.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.pipelines.is_empty() {
+            problems.push(Problem {
+                position: None,
+                path: "pipelines".into(),
+                message: "no pipeline is defined: add at least one".into(),
+            });
+        }
+        for (name, receiver) in &self.receivers {
+            let ReceiverConfig::Otlp(otlp) = receiver;
+            if otlp.grpc.is_none() && otlp.http.is_none() {
+                problems.push(Problem {
+                    position: None,
+                    path: format!("receivers.{name}"),
+                    message: "serves nothing: add `grpc: {}` and/or `http: {}`".into(),
+                });
+            }
+        }
+        for (name, pipeline) in &self.pipelines {
+            problems.extend(pipeline.validate(name, &self.receivers));
+        }
+        problems.sort_by_key(|p| p.position.unwrap_or((u64::MAX, 0)));
+        problems
+    }
+
+    /// The directory relative paths in this file are resolved against (reserved for sinks that
+    /// write files).
+    pub fn base_dir(path: Option<&Path>) -> PathBuf {
+        path.and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+impl PipelineConfig {
+    fn validate(&self, name: &str, receivers: &BTreeMap<String, ReceiverConfig>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.receivers.is_empty() {
+            problems.push(Problem {
+                position: None,
+                path: format!("pipelines.{name}.receivers"),
+                message: "no receiver: name at least one from `receivers`".into(),
+            });
+        }
+        for (i, r) in self.receivers.iter().enumerate() {
+            if !receivers.contains_key(&r.value) {
+                let known: Vec<&str> = receivers.keys().map(String::as_str).collect();
+                problems.push(Problem {
+                    position: Some((r.referenced.line(), r.referenced.column())),
+                    path: format!("pipelines.{name}.receivers[{i}]"),
+                    message: format!(
+                        "unknown receiver {:?}; defined receivers: {}",
+                        r.value,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+        if self.sinks.is_empty() {
+            problems.push(Problem {
+                position: None,
+                path: format!("pipelines.{name}.sinks"),
+                message: "no sink: traces would have nowhere to go".into(),
+            });
+        }
+        problems
+    }
+}
+
+fn syntax_problem(path: &str, e: &serde_saphyr::Error) -> Problem {
+    Problem {
+        position: e.location().map(|l| (l.line(), l.column())),
+        path: if path == "." {
+            String::new()
+        } else {
+            path.to_string()
+        },
+        message: plain_message(e),
+    }
+}
+
+/// The parser's message without its own location suffix or source snippet, which
+/// [`ConfigError`] renders in its own `file:line:col` form.
+fn plain_message(e: &serde_saphyr::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // "line 3 column 5: message" -> "message"
+    match first
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, message)) if position.contains(" column ") => message.to_string(),
+        _ => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let config = Config::parse(DEFAULT_PIPELINE, DEFAULT_PIPELINE_NAME).unwrap();
+        assert!(config.pipelines.contains_key("default"));
+    }
+}

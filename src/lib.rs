@@ -1,0 +1,25 @@
+//! traceloom: an OTLP trace collector that assembles complete MLflow traces and writes them to
+//! Kafka and Parquet.
+//!
+//! ```text
+//!  OTLP/gRPC :4317 ─┐
+//!  OTLP/HTTP :4318 ─┴─► receive ──► pipeline queue ──► fan-out ──┬─► sink queue ─► sink
+//!  (proto | json,       decode,     (bytes-bounded)              └─► sink queue ─► sink
+//!   gzip|zstd|deflate)  validate,
+//!                       split by trace id
+//! ```
+//!
+//! The modules follow the data flow: [`receive`] (OTLP/gRPC and OTLP/HTTP), [`topology`]
+//! (wiring, bounded queues, shutdown), [`sink`] (outputs), plus [`config`] (the pipeline file),
+//! [`telemetry`] (metrics, logs, admin server) and [`model`] (the types stages share).
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod config;
+pub mod model;
+pub mod receive;
+pub mod sink;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testkit;
+pub mod topology;

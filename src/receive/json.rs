@@ -1,0 +1,720 @@
+//! OTLP/JSON, both ways, exactly as the OTLP specification's "JSON Protobuf Encoding" writes it:
+//! lowerCamelCase keys, trace and span ids as lowercase hex (not base64), enums as integers,
+//! 64-bit integers as decimal strings. Reading is lenient where protobuf JSON is (numbers or
+//! strings for integers, enum names as well as numbers, `"NaN"`/`"Infinity"` doubles) and ignores
+//! unknown fields, as the specification requires of receivers.
+//!
+//! Ids are read as text and converted per span, so a span whose id is not hex is refused alone
+//! through `partial_success`, not the whole request.
+
+use base64::Engine as _;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+use super::validate::{Rejection, SpanError, SpanPath};
+
+/// An OTLP/JSON body that could not be read; the message names the JSON path and the problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid OTLP/JSON at {path}: {message}")]
+pub struct JsonError {
+    /// Where in the document, e.g. `resourceSpans[0].scopeSpans[0].spans[2].kind`.
+    pub path: String,
+    /// What was wrong there.
+    pub message: String,
+}
+
+/// Decodes an OTLP/JSON `ExportTraceServiceRequest` body into protobuf types.
+///
+/// Spans whose ids are not hexadecimal are returned as rejections (and left out of the result).
+///
+/// # Errors
+///
+/// [`JsonError`] when the body is not JSON or does not have the OTLP shape.
+pub fn decode_request(body: &[u8]) -> Result<(Vec<ResourceSpans>, Vec<Rejection>), JsonError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req: JRequest = serde_path_to_error::deserialize(de).map_err(|e| JsonError {
+        path: match e.path().to_string().as_str() {
+            "." => "the top level".to_string(),
+            p => p.to_string(),
+        },
+        message: e.inner().to_string(),
+    })?;
+    let mut rejections = Vec::new();
+    let resource_spans = req
+        .resource_spans
+        .into_iter()
+        .enumerate()
+        .map(|(r, rs)| rs.into_proto(r, &mut rejections))
+        .collect::<Result<_, _>>()?;
+    Ok((resource_spans, rejections))
+}
+
+/// Wraps resource spans so `serde_json` writes them as an OTLP/JSON `resourceSpans` array.
+pub struct JsonResourceSpans<'a>(pub &'a [ResourceSpans]);
+
+impl Serialize for JsonResourceSpans<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(JResourceSpans::from_proto))
+    }
+}
+
+// ---- the JSON shapes ---------------------------------------------------------------------
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+#[derive(Default)]
+struct JRequest {
+    resource_spans: Vec<JResourceSpans>,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JResourceSpans {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resource: Option<JResource>,
+    scope_spans: Vec<JScopeSpans>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    schema_url: String,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JResource {
+    attributes: Vec<JKeyValue>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_attributes_count: u32,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JScopeSpans {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<JScope>,
+    spans: Vec<JSpan>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    schema_url: String,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JScope {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    version: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attributes: Vec<JKeyValue>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_attributes_count: u32,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JSpan {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    trace_state: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    parent_span_id: String,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    flags: u32,
+    name: String,
+    #[serde(deserialize_with = "span_kind")]
+    kind: i32,
+    #[serde(deserialize_with = "num", serialize_with = "as_string")]
+    start_time_unix_nano: u64,
+    #[serde(deserialize_with = "num", serialize_with = "as_string")]
+    end_time_unix_nano: u64,
+    attributes: Vec<JKeyValue>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_attributes_count: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    events: Vec<JEvent>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_events_count: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    links: Vec<JLink>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_links_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<JStatus>,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JEvent {
+    #[serde(deserialize_with = "num", serialize_with = "as_string")]
+    time_unix_nano: u64,
+    name: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attributes: Vec<JKeyValue>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_attributes_count: u32,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JLink {
+    trace_id: String,
+    span_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    trace_state: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attributes: Vec<JKeyValue>,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    dropped_attributes_count: u32,
+    #[serde(deserialize_with = "num", skip_serializing_if = "is_zero")]
+    flags: u32,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JStatus {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+    #[serde(deserialize_with = "status_code", skip_serializing_if = "is_zero_i32")]
+    code: i32,
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(default)]
+struct JKeyValue {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<JAnyValue>,
+}
+
+#[derive(Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JAnyValue {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    string_value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bool_value: Option<bool>,
+    #[serde(
+        deserialize_with = "opt_num",
+        serialize_with = "opt_as_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    int_value: Option<i64>,
+    #[serde(
+        deserialize_with = "opt_double",
+        skip_serializing_if = "Option::is_none"
+    )]
+    double_value: Option<JDouble>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    array_value: Option<JValues<JAnyValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kvlist_value: Option<JValues<JKeyValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes_value: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(default)]
+struct JValues<T> {
+    values: Vec<T>,
+}
+
+impl<T> Default for JValues<T> {
+    fn default() -> Self {
+        Self { values: Vec::new() }
+    }
+}
+
+/// A double that writes non-finite values as proto3 JSON strings.
+struct JDouble(f64);
+
+impl Serialize for JDouble {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            v if v.is_nan() => s.serialize_str("NaN"),
+            v if v == f64::INFINITY => s.serialize_str("Infinity"),
+            v if v == f64::NEG_INFINITY => s.serialize_str("-Infinity"),
+            v => s.serialize_f64(v),
+        }
+    }
+}
+
+// ---- lenient number readers ------------------------------------------------------------
+
+/// Reads an integer written as a JSON number or a decimal string (proto3 JSON allows both).
+fn num<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    let wide = d.deserialize_any(IntVisitor)?;
+    T::try_from(wide).map_err(|_| de::Error::custom(format!("integer {wide} out of range")))
+}
+
+fn opt_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    num(d).map(Some)
+}
+
+struct IntVisitor;
+
+impl de::Visitor<'_> for IntVisitor {
+    type Value = i128;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an integer or a string holding one")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i128, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i128, E> {
+        if v.fract() == 0.0 && v.abs() < 1e38 {
+            Ok(v as i128)
+        } else {
+            Err(E::custom(format!("{v} is not an integer")))
+        }
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<i128, E> {
+        v.trim()
+            .parse()
+            .map_err(|_| E::custom(format!("{v:?} is not an integer")))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<i128, E> {
+        Ok(0)
+    }
+}
+
+fn opt_double<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JDouble>, D::Error> {
+    struct V;
+    impl de::Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number, \"NaN\", \"Infinity\" or \"-Infinity\"")
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<f64, E> {
+            match v {
+                "NaN" => Ok(f64::NAN),
+                "Infinity" => Ok(f64::INFINITY),
+                "-Infinity" => Ok(f64::NEG_INFINITY),
+                other => other
+                    .parse()
+                    .map_err(|_| E::custom(format!("{other:?} is not a number"))),
+            }
+        }
+    }
+    d.deserialize_any(V).map(|v| Some(JDouble(v)))
+}
+
+/// Reads an enum written as its number or its protobuf name.
+fn enum_value<'de, D: Deserializer<'de>>(
+    d: D,
+    names: &'static [&'static str],
+) -> Result<i32, D::Error> {
+    struct V(&'static [&'static str]);
+    impl de::Visitor<'_> for V {
+        type Value = i32;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an integer or one of {:?}", self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<i32, E> {
+            i32::try_from(v).map_err(|_| E::custom(format!("enum value {v} out of range")))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<i32, E> {
+            i32::try_from(v).map_err(|_| E::custom(format!("enum value {v} out of range")))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<i32, E> {
+            self.0
+                .iter()
+                .position(|n| *n == v)
+                .map(|i| i as i32)
+                .ok_or_else(|| E::unknown_variant(v, self.0))
+        }
+    }
+    d.deserialize_any(V(names))
+}
+
+fn span_kind<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    enum_value(
+        d,
+        &[
+            "SPAN_KIND_UNSPECIFIED",
+            "SPAN_KIND_INTERNAL",
+            "SPAN_KIND_SERVER",
+            "SPAN_KIND_CLIENT",
+            "SPAN_KIND_PRODUCER",
+            "SPAN_KIND_CONSUMER",
+        ],
+    )
+}
+
+fn status_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    enum_value(
+        d,
+        &["STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR"],
+    )
+}
+
+fn as_string<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn opt_as_string<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+// ---- JSON -> protobuf ---------------------------------------------------------------------
+
+/// Decodes a hex id; the empty string is the empty id (a root's parent).
+fn hex_id(text: &str, field: &'static str) -> Result<Vec<u8>, SpanError> {
+    hex::decode(text).map_err(|_| SpanError::NotHex {
+        field,
+        value: text.chars().take(40).collect(),
+    })
+}
+
+fn attribute_error(path: String, message: impl Into<String>) -> JsonError {
+    JsonError {
+        path,
+        message: message.into(),
+    }
+}
+
+fn attrs_into_proto(attrs: Vec<JKeyValue>, path: &str) -> Result<Vec<KeyValue>, JsonError> {
+    attrs
+        .into_iter()
+        .enumerate()
+        .map(|(i, kv)| kv.into_proto(&format!("{path}.attributes[{i}]")))
+        .collect()
+}
+
+impl JKeyValue {
+    fn into_proto(self, path: &str) -> Result<KeyValue, JsonError> {
+        Ok(KeyValue {
+            key: self.key,
+            key_strindex: 0,
+            value: self
+                .value
+                .map(|v| v.into_proto(&format!("{path}.value")))
+                .transpose()?,
+        })
+    }
+
+    fn from_proto(kv: &KeyValue) -> Self {
+        Self {
+            key: kv.key.clone(),
+            value: kv.value.as_ref().map(JAnyValue::from_proto),
+        }
+    }
+}
+
+impl JAnyValue {
+    fn into_proto(self, path: &str) -> Result<AnyValue, JsonError> {
+        let value = if let Some(s) = self.string_value {
+            Some(Value::StringValue(s))
+        } else if let Some(b) = self.bool_value {
+            Some(Value::BoolValue(b))
+        } else if let Some(i) = self.int_value {
+            Some(Value::IntValue(i))
+        } else if let Some(d) = self.double_value {
+            Some(Value::DoubleValue(d.0))
+        } else if let Some(a) = self.array_value {
+            let values = a
+                .values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| v.into_proto(&format!("{path}.arrayValue.values[{i}]")))
+                .collect::<Result<_, _>>()?;
+            Some(Value::ArrayValue(ArrayValue { values }))
+        } else if let Some(kvs) = self.kvlist_value {
+            let values = kvs
+                .values
+                .into_iter()
+                .enumerate()
+                .map(|(i, kv)| kv.into_proto(&format!("{path}.kvlistValue.values[{i}]")))
+                .collect::<Result<_, _>>()?;
+            Some(Value::KvlistValue(KeyValueList { values }))
+        } else if let Some(b64) = self.bytes_value {
+            let bytes = decode_base64(&b64)
+                .ok_or_else(|| attribute_error(format!("{path}.bytesValue"), "not valid base64"))?;
+            Some(Value::BytesValue(bytes))
+        } else {
+            None
+        };
+        Ok(AnyValue { value })
+    }
+
+    fn from_proto(v: &AnyValue) -> Self {
+        let mut out = JAnyValue::default();
+        match &v.value {
+            Some(Value::StringValue(s)) => out.string_value = Some(s.clone()),
+            Some(Value::BoolValue(b)) => out.bool_value = Some(*b),
+            Some(Value::IntValue(i)) => out.int_value = Some(*i),
+            Some(Value::DoubleValue(d)) => out.double_value = Some(JDouble(*d)),
+            Some(Value::ArrayValue(a)) => {
+                out.array_value = Some(JValues {
+                    values: a.values.iter().map(JAnyValue::from_proto).collect(),
+                })
+            }
+            Some(Value::KvlistValue(kvs)) => {
+                out.kvlist_value = Some(JValues {
+                    values: kvs.values.iter().map(JKeyValue::from_proto).collect(),
+                })
+            }
+            Some(Value::BytesValue(b)) => {
+                out.bytes_value = Some(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            // Dictionary references belong to the profiles signal; spans never carry them.
+            Some(Value::StringValueStrindex(_)) | None => {}
+        }
+        out
+    }
+}
+
+/// Proto3 JSON writes bytes as standard base64 but readers accept the URL-safe alphabet and
+/// missing padding too.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+}
+
+impl JResourceSpans {
+    fn into_proto(
+        self,
+        r: usize,
+        rejected: &mut Vec<Rejection>,
+    ) -> Result<ResourceSpans, JsonError> {
+        let path = format!("resourceSpans[{r}]");
+        let resource = self
+            .resource
+            .map(|res| {
+                Ok::<_, JsonError>(Resource {
+                    attributes: attrs_into_proto(res.attributes, &format!("{path}.resource"))?,
+                    dropped_attributes_count: res.dropped_attributes_count,
+                    entity_refs: Vec::new(),
+                })
+            })
+            .transpose()?;
+        let scope_spans = self
+            .scope_spans
+            .into_iter()
+            .enumerate()
+            .map(|(s, ss)| {
+                ss.into_proto(
+                    SpanPath {
+                        resource: r,
+                        scope: s,
+                        span: 0,
+                    },
+                    rejected,
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ResourceSpans {
+            resource,
+            scope_spans,
+            schema_url: self.schema_url,
+        })
+    }
+
+    fn from_proto(rs: &ResourceSpans) -> Self {
+        Self {
+            resource: rs.resource.as_ref().map(|r| JResource {
+                attributes: r.attributes.iter().map(JKeyValue::from_proto).collect(),
+                dropped_attributes_count: r.dropped_attributes_count,
+            }),
+            scope_spans: rs.scope_spans.iter().map(JScopeSpans::from_proto).collect(),
+            schema_url: rs.schema_url.clone(),
+        }
+    }
+}
+
+impl JScopeSpans {
+    fn into_proto(
+        self,
+        at: SpanPath,
+        rejected: &mut Vec<Rejection>,
+    ) -> Result<ScopeSpans, JsonError> {
+        let path = format!("resourceSpans[{}].scopeSpans[{}]", at.resource, at.scope);
+        let scope = self
+            .scope
+            .map(|sc| {
+                Ok::<_, JsonError>(InstrumentationScope {
+                    name: sc.name,
+                    version: sc.version,
+                    attributes: attrs_into_proto(sc.attributes, &format!("{path}.scope"))?,
+                    dropped_attributes_count: sc.dropped_attributes_count,
+                })
+            })
+            .transpose()?;
+        let mut spans = Vec::with_capacity(self.spans.len());
+        for (i, js) in self.spans.into_iter().enumerate() {
+            let at = SpanPath { span: i, ..at };
+            match js.into_proto(&format!("{path}.spans[{i}]"))? {
+                Ok(span) => spans.push(span),
+                Err(error) => {
+                    rejected.push(Rejection { path: at, error });
+                    // Keep the slot so indexes in later rejections still match the request.
+                    spans.push(Span::default());
+                }
+            }
+        }
+        Ok(ScopeSpans {
+            scope,
+            spans,
+            schema_url: self.schema_url,
+        })
+    }
+
+    fn from_proto(ss: &ScopeSpans) -> Self {
+        Self {
+            scope: ss.scope.as_ref().map(|sc| JScope {
+                name: sc.name.clone(),
+                version: sc.version.clone(),
+                attributes: sc.attributes.iter().map(JKeyValue::from_proto).collect(),
+                dropped_attributes_count: sc.dropped_attributes_count,
+            }),
+            spans: ss.spans.iter().map(JSpan::from_proto).collect(),
+            schema_url: ss.schema_url.clone(),
+        }
+    }
+}
+
+impl JSpan {
+    /// Outer error: the JSON is malformed (fails the request). Inner error: the span's ids are
+    /// not hex (refuses this span only).
+    fn into_proto(self, path: &str) -> Result<Result<Span, SpanError>, JsonError> {
+        let ids = (|| {
+            Ok::<_, SpanError>((
+                hex_id(&self.trace_id, "traceId")?,
+                hex_id(&self.span_id, "spanId")?,
+                hex_id(&self.parent_span_id, "parentSpanId")?,
+            ))
+        })();
+        let attributes = attrs_into_proto(self.attributes, path)?;
+        let events = self
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                Ok::<_, JsonError>(span::Event {
+                    time_unix_nano: e.time_unix_nano,
+                    name: e.name,
+                    attributes: attrs_into_proto(e.attributes, &format!("{path}.events[{i}]"))?,
+                    dropped_attributes_count: e.dropped_attributes_count,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let mut links = Vec::with_capacity(self.links.len());
+        for (i, l) in self.links.into_iter().enumerate() {
+            let attributes = attrs_into_proto(l.attributes, &format!("{path}.links[{i}]"))?;
+            let link_ids = hex_id(&l.trace_id, "links.traceId")
+                .and_then(|t| Ok((t, hex_id(&l.span_id, "links.spanId")?)));
+            let (trace_id, span_id) = match link_ids {
+                Ok(ids) => ids,
+                Err(e) => return Ok(Err(e)),
+            };
+            links.push(span::Link {
+                trace_id,
+                span_id,
+                trace_state: l.trace_state,
+                attributes,
+                dropped_attributes_count: l.dropped_attributes_count,
+                flags: l.flags,
+            });
+        }
+        let (trace_id, span_id, parent_span_id) = match ids {
+            Ok(ids) => ids,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(Span {
+            trace_id,
+            span_id,
+            trace_state: self.trace_state,
+            parent_span_id,
+            flags: self.flags,
+            name: self.name,
+            kind: self.kind,
+            start_time_unix_nano: self.start_time_unix_nano,
+            end_time_unix_nano: self.end_time_unix_nano,
+            attributes,
+            dropped_attributes_count: self.dropped_attributes_count,
+            events,
+            dropped_events_count: self.dropped_events_count,
+            links,
+            dropped_links_count: self.dropped_links_count,
+            status: self.status.map(|s| Status {
+                message: s.message,
+                code: s.code,
+            }),
+        }))
+    }
+
+    fn from_proto(s: &Span) -> Self {
+        Self {
+            trace_id: hex::encode(&s.trace_id),
+            span_id: hex::encode(&s.span_id),
+            trace_state: s.trace_state.clone(),
+            parent_span_id: hex::encode(&s.parent_span_id),
+            flags: s.flags,
+            name: s.name.clone(),
+            kind: s.kind,
+            start_time_unix_nano: s.start_time_unix_nano,
+            end_time_unix_nano: s.end_time_unix_nano,
+            attributes: s.attributes.iter().map(JKeyValue::from_proto).collect(),
+            dropped_attributes_count: s.dropped_attributes_count,
+            events: s
+                .events
+                .iter()
+                .map(|e| JEvent {
+                    time_unix_nano: e.time_unix_nano,
+                    name: e.name.clone(),
+                    attributes: e.attributes.iter().map(JKeyValue::from_proto).collect(),
+                    dropped_attributes_count: e.dropped_attributes_count,
+                })
+                .collect(),
+            dropped_events_count: s.dropped_events_count,
+            links: s
+                .links
+                .iter()
+                .map(|l| JLink {
+                    trace_id: hex::encode(&l.trace_id),
+                    span_id: hex::encode(&l.span_id),
+                    trace_state: l.trace_state.clone(),
+                    attributes: l.attributes.iter().map(JKeyValue::from_proto).collect(),
+                    dropped_attributes_count: l.dropped_attributes_count,
+                    flags: l.flags,
+                })
+                .collect(),
+            dropped_links_count: s.dropped_links_count,
+            status: s.status.as_ref().map(|st| JStatus {
+                message: st.message.clone(),
+                code: st.code,
+            }),
+        }
+    }
+}

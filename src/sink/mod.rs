@@ -1,0 +1,115 @@
+//! Sinks: where a pipeline's output goes.
+//!
+//! Every sink has a config (`type:` in the pipeline file), a `build` step that checks it and
+//! prepares resources, and a `run` loop that consumes its own bounded queue until the queue closes,
+//! then flushes and returns. A sink reads only from its queue, so a slow sink slows only itself
+//! until that queue is full; then the pipeline's fan-out waits, and the wait reaches the receivers.
+
+pub mod debug;
+pub mod discard;
+
+use std::sync::Arc;
+
+use serde::de::MapAccess;
+use serde::{Deserialize, Deserializer};
+
+use crate::config::tagged::{self, Tagged};
+
+use crate::model::SpanBatch;
+use crate::telemetry::metrics::Metrics;
+use crate::topology::queue::QueueRx;
+
+/// What flows into sinks. Shared between the sinks of a fan-out.
+pub type SinkInput = Arc<SpanBatch>;
+
+/// A sink, chosen by `type:`.
+#[derive(Debug)]
+pub enum SinkConfig {
+    /// JSON lines to stdout or a file, for inspection and tests.
+    Debug(debug::DebugConfig),
+    /// Counts and drops everything, for load tests.
+    Discard(discard::DiscardConfig),
+}
+
+impl Tagged for SinkConfig {
+    const FAMILY: &'static str = "sink";
+    const KINDS: &'static [&'static str] = &["debug", "discard"];
+
+    fn from_rest<'de, A: MapAccess<'de>>(kind: &str, rest: A) -> Result<Self, A::Error> {
+        match kind {
+            "debug" => tagged::settings(rest).map(SinkConfig::Debug),
+            _ => tagged::settings(rest).map(SinkConfig::Discard),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        tagged::deserialize(d)
+    }
+}
+
+/// Why a sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A file sink's directory does not exist or cannot be created.
+    #[error("cannot prepare {path}: {source}")]
+    Path {
+        /// The path concerned.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a running sink stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Writing to the output failed.
+    #[error("write to {target} failed: {source}")]
+    Write {
+        /// The output written to.
+        target: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A built sink, ready to run.
+pub enum Sink {
+    /// See [`debug::DebugSink`].
+    Debug(debug::DebugSink),
+    /// See [`discard::DiscardSink`].
+    Discard(discard::DiscardSink),
+}
+
+impl SinkConfig {
+    /// Checks the config and prepares the sink named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] naming what could not be prepared.
+    pub fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
+        let metrics = metrics.sink(name);
+        Ok(match self {
+            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics)?),
+            SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
+        })
+    }
+}
+
+impl Sink {
+    /// Consumes `input` until it closes, then flushes.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError`] when output fails.
+    pub async fn run(self, input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+        match self {
+            Sink::Debug(s) => s.run(input).await,
+            Sink::Discard(s) => s.run(input).await,
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Every metric traceloom exports, declared once.
+//!
+//! Names follow Prometheus conventions with the OpenTelemetry Collector's verbs
+//! (`accepted`, `refused`). Components receive pre-labelled handles when they are built, so nothing
+//! registers a metric on the hot path. Labels come from closed sets: never a trace id, span name
+//! or path.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::model::Protocol;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    protocol: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    protocol: &'static str,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabel {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// Why spans were refused, the `reason` label of `traceloom_receiver_refused_spans_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The span broke an OTLP rule (bad id, end before start); refused alone.
+    Invalid,
+    /// The request could not be decoded.
+    Malformed,
+    /// The request was larger than the configured limit.
+    TooLarge,
+    /// The pipeline was full; the client was told to retry.
+    Overload,
+    /// traceloom was shutting down; the client was told to retry.
+    Shutdown,
+}
+
+impl RefuseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Malformed => "malformed",
+            Self::TooLarge => "too_large",
+            Self::Overload => "overload",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The process-wide metric registry and its families.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    accepted_spans: Family<ProtocolLabel, Counter>,
+    refused_spans: Family<RefusedLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    queue_bytes: Family<NameLabel, Gauge>,
+    queue_capacity: Family<NameLabel, Gauge>,
+    sink_batches: Family<SinkLabel, Counter>,
+    sink_spans: Family<SinkLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates the registry with every family registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("traceloom");
+        let m = Self {
+            accepted_spans: Family::default(),
+            refused_spans: Family::default(),
+            requests: Family::default(),
+            queue_bytes: Family::default(),
+            queue_capacity: Family::default(),
+            sink_batches: Family::default(),
+            sink_spans: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "receiver_accepted_spans",
+            "Spans accepted by a receiver and handed to the pipelines",
+            m.accepted_spans.clone(),
+        );
+        registry.register(
+            "receiver_refused_spans",
+            "Spans refused by a receiver, by reason (invalid, malformed, too_large, overload, shutdown)",
+            m.refused_spans.clone(),
+        );
+        registry.register(
+            "receiver_requests",
+            "Export requests answered, by transport and response code",
+            m.requests.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes waiting in a bounded queue",
+            m.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_capacity_bytes",
+            "Capacity of a bounded queue in bytes",
+            m.queue_capacity.clone(),
+        );
+        registry.register(
+            "sink_written_batches",
+            "Batches a sink has written",
+            m.sink_batches.clone(),
+        );
+        registry.register(
+            "sink_written_spans",
+            "Spans a sink has written",
+            m.sink_spans.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Handles for one receiver transport.
+    pub fn receiver(self: &Arc<Self>, protocol: Protocol) -> ReceiverMetrics {
+        let protocol = protocol.as_str();
+        ReceiverMetrics {
+            protocol,
+            accepted: self
+                .accepted_spans
+                .get_or_create(&ProtocolLabel { protocol })
+                .clone(),
+            metrics: Arc::clone(self),
+        }
+    }
+
+    /// Gauges for one bounded queue; the capacity is set here.
+    pub fn queue(&self, name: &str, capacity_bytes: usize) -> QueueGauges {
+        let label = NameLabel { name: name.into() };
+        self.queue_capacity
+            .get_or_create(&label)
+            .set(capacity_bytes as i64);
+        QueueGauges {
+            bytes: self.queue_bytes.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Counters for one sink.
+    pub fn sink(&self, sink: &str) -> SinkMetrics {
+        let label = SinkLabel { sink: sink.into() };
+        SinkMetrics {
+            batches: self.sink_batches.get_or_create(&label).clone(),
+            spans: self.sink_spans.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// Counters of one receiver transport.
+#[derive(Clone, Debug)]
+pub struct ReceiverMetrics {
+    protocol: &'static str,
+    accepted: Counter,
+    metrics: Arc<Metrics>,
+}
+
+impl ReceiverMetrics {
+    /// Counts accepted spans.
+    pub fn accepted(&self, spans: usize) {
+        self.accepted.inc_by(spans as u64);
+    }
+
+    /// Counts refused spans with their reason.
+    pub fn refused(&self, reason: RefuseReason, spans: usize) {
+        if spans > 0 {
+            let labels = RefusedLabels {
+                protocol: self.protocol,
+                reason: reason.as_str(),
+            };
+            self.metrics
+                .refused_spans
+                .get_or_create(&labels)
+                .inc_by(spans as u64);
+        }
+    }
+
+    /// Counts an answered request with its response code (HTTP status or gRPC code name).
+    pub fn request(&self, code: &str) {
+        let labels = RequestLabels {
+            protocol: self.protocol,
+            code: code.to_string(),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+    }
+}
+
+/// The fill gauge of one bounded queue.
+#[derive(Clone, Debug, Default)]
+pub struct QueueGauges {
+    /// Bytes currently queued.
+    pub bytes: Gauge,
+}
+
+/// Counters of one sink.
+#[derive(Clone, Debug, Default)]
+pub struct SinkMetrics {
+    /// Batches written.
+    pub batches: Counter,
+    /// Spans written.
+    pub spans: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names_with_prefix_and_labels() {
+        let m = Arc::new(Metrics::new());
+        let r = m.receiver(Protocol::Grpc);
+        r.accepted(5);
+        r.refused(RefuseReason::Invalid, 2);
+        r.request("OK");
+        m.queue("pipeline.default", 1024).bytes.set(10);
+        let text = m.render();
+        for line in [
+            "traceloom_receiver_accepted_spans_total{protocol=\"grpc\"} 5",
+            "traceloom_receiver_refused_spans_total{protocol=\"grpc\",reason=\"invalid\"} 2",
+            "traceloom_receiver_requests_total{protocol=\"grpc\",code=\"OK\"} 1",
+            "traceloom_queue_capacity_bytes{name=\"pipeline.default\"} 1024",
+            "traceloom_queue_bytes{name=\"pipeline.default\"} 10",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Builders for OTLP spans and requests, shared by unit tests, integration tests and benches.
+//!
+//! Compiled into the library (hidden from docs) so that `tests/` and `benches/` can use it
+//! without a cargo feature that could silently skip them.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, InstrumentationScope, KeyValue, any_value::Value,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+/// A string attribute.
+pub fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        key_strindex: 0,
+        value: Some(AnyValue {
+            value: Some(Value::StringValue(value.into())),
+        }),
+    }
+}
+
+/// An integer attribute.
+pub fn kv_int(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        key_strindex: 0,
+        value: Some(AnyValue {
+            value: Some(Value::IntValue(value)),
+        }),
+    }
+}
+
+/// A span with the given ids, starting at 1 s and lasting 1 ms.
+pub fn span(trace_id: [u8; 16], span_id: [u8; 8], parent: &[u8], name: &str) -> Span {
+    Span {
+        trace_id: trace_id.to_vec(),
+        span_id: span_id.to_vec(),
+        parent_span_id: parent.to_vec(),
+        name: name.into(),
+        kind: 1,
+        start_time_unix_nano: 1_000_000_000,
+        end_time_unix_nano: 1_001_000_000,
+        status: Some(Status::default()),
+        ..Span::default()
+    }
+}
+
+/// Resource spans for service `service` holding `spans` under one scope.
+pub fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", service)],
+            ..Resource::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            scope: Some(InstrumentationScope {
+                name: "traceloom.testkit".into(),
+                ..InstrumentationScope::default()
+            }),
+            spans,
+            schema_url: String::new(),
+        }],
+        schema_url: String::new(),
+    }
+}
+
+/// The `service.name` resource attribute, if it is a string.
+pub fn service_name(rs: &ResourceSpans) -> Option<&str> {
+    rs.resource
+        .as_ref()?
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+/// A request of `traces` traces with `spans_per_trace` spans each (a root and children), every
+/// span carrying about `attr_bytes` bytes of GenAI-style attributes. Ids derive from `seed` and
+/// the trace index, so the same arguments give the same request.
+pub fn request(
+    seed: u64,
+    traces: usize,
+    spans_per_trace: usize,
+    attr_bytes: usize,
+) -> ExportTraceServiceRequest {
+    let mut spans = Vec::with_capacity(traces * spans_per_trace);
+    for t in 0..traces {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&seed.to_be_bytes());
+        trace_id[8..].copy_from_slice(&(t as u64 + 1).to_be_bytes());
+        for s in 0..spans_per_trace {
+            let mut span_id = [0u8; 8];
+            span_id[..4].copy_from_slice(&(t as u32).to_be_bytes());
+            span_id[4..].copy_from_slice(&(s as u32 + 1).to_be_bytes());
+            let parent = if s == 0 {
+                Vec::new()
+            } else {
+                let mut p = span_id;
+                p[4..].copy_from_slice(&1u32.to_be_bytes());
+                p.to_vec()
+            };
+            let mut sp = span(
+                trace_id,
+                span_id,
+                &parent,
+                if s == 0 { "invoke_agent" } else { "chat" },
+            );
+            sp.attributes = genai_attributes(s, attr_bytes);
+            spans.push(sp);
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans("agent-api", spans)],
+    }
+}
+
+fn genai_attributes(index: usize, attr_bytes: usize) -> Vec<KeyValue> {
+    let mut attrs = vec![
+        kv(
+            "gen_ai.operation.name",
+            if index == 0 { "invoke_agent" } else { "chat" },
+        ),
+        kv("gen_ai.provider.name", "openai"),
+        kv("gen_ai.request.model", "gpt-4o-mini"),
+        kv_int("gen_ai.usage.input_tokens", 120 + index as i64),
+        kv_int("gen_ai.usage.output_tokens", 30),
+        kv("session.id", "session-0001"),
+    ];
+    let used: usize = attrs.iter().map(|kv| kv.key.len() + 12).sum();
+    let pad = attr_bytes.saturating_sub(used + "gen_ai.input.messages".len() + 40);
+    let text = "the quick brown fox jumps over the lazy dog ".repeat(pad / 44 + 1);
+    attrs.push(kv(
+        "gen_ai.input.messages",
+        &format!(r#"[{{"role":"user","content":"{}"}}]"#, &text[..pad]),
+    ));
+    attrs
+}

@@ -1,0 +1,403 @@
+//! Wiring: builds receivers, pipelines and sinks from a [`Config`], runs them, and shuts them
+//! down in order.
+//!
+//! ```text
+//! receiver ─► Router ─► pipeline queue ─► pipeline task ─┬─► sink queue ─► sink task
+//!   (shared     (per receiver:   (bytes-bounded)  (fan-out)      └─► sink queue ─► sink task
+//!    by name)    its pipelines)
+//! ```
+//!
+//! Back-pressure: every queue is bounded in bytes. A full sink queue blocks the fan-out, which
+//! stops reading the pipeline queue, which fills; receivers then wait at most the pipeline's
+//! `admission_timeout` and answer with the retryable OTLP code.
+//!
+//! Shutdown is data-driven: (1) receivers stop accepting and finish in-flight requests; (2) the
+//! router drops its queue senders, so each pipeline drains its queue and closes its sink queues;
+//! (3) sinks write what they hold, flush and return; (4) the admin server stops last. Anything
+//! still running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero.
+
+pub mod queue;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::{Config, ReceiverConfig};
+use crate::model::{Protocol, SpanBatch};
+use crate::receive::{BoxFuture, Exporter, Ingest, SubmitError};
+use crate::sink::{self, SinkInput};
+use crate::telemetry::admin::{AdminServer, Health};
+use crate::telemetry::metrics::Metrics;
+use queue::{QueueRx, QueueTx, SendError};
+
+/// How long clients are told to wait after an overload answer.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Why the topology could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listening socket could not be bound.
+    #[error("{component}: cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// e.g. `receivers.otlp.grpc`.
+        component: String,
+        /// The configured address.
+        endpoint: String,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sink could not be built.
+    #[error("pipelines.{pipeline}.sinks.{sink}: {source}")]
+    Sink {
+        /// The pipeline.
+        pipeline: String,
+        /// The sink.
+        sink: String,
+        /// Why.
+        #[source]
+        source: sink::BuildError,
+    },
+}
+
+/// One pipeline's input as the router sees it.
+struct Route {
+    tx: QueueTx<SinkInput>,
+    admission_timeout: Duration,
+}
+
+/// Receiver name → the pipelines that read it.
+type Routes = BTreeMap<String, Vec<Route>>;
+
+/// Hands batches from receivers to the pipelines that read them.
+struct Router {
+    /// `None` once shutdown has closed the router.
+    routes: RwLock<Option<Arc<Routes>>>,
+}
+
+impl Router {
+    fn close(&self) {
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+}
+
+impl Ingest for Router {
+    fn submit(&self, batch: SpanBatch) -> BoxFuture<'_, Result<(), SubmitError>> {
+        let routes = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Box::pin(async move {
+            let routes = routes.ok_or(SubmitError::ShuttingDown)?;
+            let targets = routes
+                .get(&*batch.meta.receiver)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let size = batch.encoded_bytes;
+            let batch = Arc::new(batch);
+            for route in targets {
+                match route
+                    .tx
+                    .send_timeout(Arc::clone(&batch), size, route.admission_timeout)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(SendError::Full(_)) => {
+                        return Err(SubmitError::Overloaded {
+                            retry_after: RETRY_AFTER,
+                        });
+                    }
+                    Err(SendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Addresses the topology actually listens on (ports resolved when configured as 0).
+#[derive(Clone, Debug, Default)]
+pub struct Addresses {
+    /// OTLP/gRPC per receiver name.
+    pub grpc: BTreeMap<String, SocketAddr>,
+    /// OTLP/HTTP per receiver name.
+    pub http: BTreeMap<String, SocketAddr>,
+    /// The admin server, if enabled.
+    pub admin: Option<SocketAddr>,
+}
+
+type TaskResult = (String, Result<(), String>);
+
+/// A started topology.
+pub struct Running {
+    /// Where it listens.
+    pub addresses: Addresses,
+    router: Arc<Router>,
+    health: Arc<Health>,
+    stop_receivers: CancellationToken,
+    stop_admin: CancellationToken,
+    failed: CancellationToken,
+    receivers: JoinSet<TaskResult>,
+    pipelines: JoinSet<TaskResult>,
+    admin: JoinSet<TaskResult>,
+    shutdown_timeout: Duration,
+}
+
+/// Builds and starts everything `config` describes.
+///
+/// # Errors
+///
+/// [`StartError`] when a socket cannot be bound or a sink cannot be built; nothing is left running.
+pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, StartError> {
+    let failed = CancellationToken::new();
+    let mut pipelines = JoinSet::new();
+    let mut routes = Routes::new();
+    for (name, pipeline) in &config.pipelines {
+        let mut sink_txs = Vec::new();
+        for (sink_name, sink_config) in &pipeline.sinks {
+            let sink =
+                sink_config
+                    .build(sink_name, &metrics)
+                    .map_err(|source| StartError::Sink {
+                        pipeline: name.clone(),
+                        sink: sink_name.clone(),
+                        source,
+                    })?;
+            let label = format!("sink.{name}.{sink_name}");
+            let (tx, rx) = queue::bounded(
+                pipeline.queue.max_bytes.as_usize(),
+                metrics.queue(&label, pipeline.queue.max_bytes.as_usize()),
+            );
+            let span = info_span!("sink", pipeline = %name, sink = %sink_name);
+            spawn_tracked(
+                &mut pipelines,
+                &failed,
+                label.clone(),
+                async move { sink.run(rx).await.map_err(|e| e.to_string()) }.instrument(span),
+            );
+            sink_txs.push((sink_name.clone(), tx));
+        }
+        let label = format!("pipeline.{name}");
+        let (tx, rx) = queue::bounded(
+            pipeline.queue.max_bytes.as_usize(),
+            metrics.queue(&label, pipeline.queue.max_bytes.as_usize()),
+        );
+        let span = info_span!("pipeline", pipeline = %name);
+        spawn_tracked(
+            &mut pipelines,
+            &failed,
+            label,
+            fan_out(rx, sink_txs).instrument(span),
+        );
+        for receiver in &pipeline.receivers {
+            routes
+                .entry(receiver.value.clone())
+                .or_default()
+                .push(Route {
+                    tx: tx.clone(),
+                    admission_timeout: pipeline.queue.admission_timeout.0,
+                });
+        }
+    }
+    let router = Arc::new(Router {
+        routes: RwLock::new(Some(Arc::new(routes))),
+    });
+    let stop_receivers = CancellationToken::new();
+    let mut receivers = JoinSet::new();
+    let mut addresses = Addresses::default();
+    for (name, receiver) in &config.receivers {
+        let ReceiverConfig::Otlp(otlp) = receiver;
+        let ingest: Arc<dyn Ingest> = router.clone();
+        let exporter = |protocol| {
+            Exporter::new(
+                Arc::from(name.as_str()),
+                protocol,
+                Arc::clone(&ingest),
+                &metrics,
+            )
+        };
+        if let Some(grpc) = &otlp.grpc {
+            let server = grpc
+                .build(exporter(Protocol::Grpc))
+                .await
+                .map_err(|source| {
+                    bind_error(format!("receivers.{name}.grpc"), &grpc.endpoint, source)
+                })?;
+            let addr = server.local_addr();
+            info!(receiver = %name, protocol = "grpc", %addr, "listening");
+            addresses.grpc.insert(name.clone(), addr);
+            let stop = stop_receivers.clone();
+            spawn_tracked(
+                &mut receivers,
+                &failed,
+                format!("receivers.{name}.grpc"),
+                async move { server.run(stop).await.map_err(|e| e.to_string()) },
+            );
+        }
+        if let Some(http) = &otlp.http {
+            let server = http
+                .build([
+                    exporter(Protocol::HttpProtobuf),
+                    exporter(Protocol::HttpJson),
+                ])
+                .await
+                .map_err(|source| {
+                    bind_error(format!("receivers.{name}.http"), &http.endpoint, source)
+                })?;
+            let addr = server.local_addr();
+            info!(receiver = %name, protocol = "http", %addr, "listening");
+            addresses.http.insert(name.clone(), addr);
+            let stop = stop_receivers.clone();
+            spawn_tracked(
+                &mut receivers,
+                &failed,
+                format!("receivers.{name}.http"),
+                async move { server.run(stop).await.map_err(|e| e.to_string()) },
+            );
+        }
+    }
+    let health = Arc::new(Health::default());
+    let stop_admin = CancellationToken::new();
+    let mut admin = JoinSet::new();
+    if let Some(endpoint) = &config.admin.endpoint {
+        let server = AdminServer::bind(endpoint, Arc::clone(&metrics), Arc::clone(&health))
+            .await
+            .map_err(|source| bind_error("admin".into(), endpoint, source))?;
+        addresses.admin = Some(server.local_addr());
+        info!(addr = %server.local_addr(), "admin server listening (/metrics, /health)");
+        let stop = stop_admin.clone();
+        spawn_tracked(&mut admin, &failed, "admin".into(), async move {
+            server.run(stop).await.map_err(|e| e.to_string())
+        });
+    }
+    Ok(Running {
+        addresses,
+        router,
+        health,
+        stop_receivers,
+        stop_admin,
+        failed,
+        receivers,
+        pipelines,
+        admin,
+        shutdown_timeout: config.shutdown_timeout.0,
+    })
+}
+
+fn bind_error(component: String, endpoint: &str, source: std::io::Error) -> StartError {
+    StartError::Bind {
+        component,
+        endpoint: endpoint.to_string(),
+        source,
+    }
+}
+
+/// Spawns a component task whose failure starts shutdown of the whole process.
+fn spawn_tracked<F>(
+    set: &mut JoinSet<TaskResult>,
+    failed: &CancellationToken,
+    name: String,
+    task: F,
+) where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let failed = failed.clone();
+    set.spawn(async move {
+        let result = task.await;
+        if let Err(e) = &result {
+            error!(component = %name, error = %e, "component failed");
+            failed.cancel();
+        }
+        (name, result)
+    });
+}
+
+/// Sends every batch of a pipeline to each of its sinks' queues.
+async fn fan_out(
+    mut input: QueueRx<SinkInput>,
+    sinks: Vec<(String, QueueTx<SinkInput>)>,
+) -> Result<(), String> {
+    while let Some(batch) = input.recv().await {
+        for (name, tx) in &sinks {
+            // Waiting here when a sink queue is full is the back-pressure.
+            if tx
+                .send(Arc::clone(&batch), batch.encoded_bytes)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "sink {name} stopped while the pipeline was running"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Running {
+    /// Resolves when a component has failed; the caller should then shut down.
+    pub async fn failed(&self) {
+        self.failed.cancelled().await;
+    }
+
+    /// Stops accepting, drains pipelines and sinks, stops the admin server.
+    ///
+    /// # Errors
+    ///
+    /// The components that failed or did not finish within `shutdown_timeout`.
+    pub async fn shutdown(mut self) -> Result<(), Vec<String>> {
+        info!("shutdown: receivers stop accepting, draining pipelines");
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.health.set_draining();
+        let mut problems = Vec::new();
+        self.stop_receivers.cancel();
+        problems.extend(join_until(&mut self.receivers, deadline).await);
+        self.router.close();
+        problems.extend(join_until(&mut self.pipelines, deadline).await);
+        self.stop_admin.cancel();
+        problems.extend(join_until(&mut self.admin, deadline + Duration::from_secs(1)).await);
+        if problems.is_empty() {
+            info!("shutdown complete: every accepted batch was delivered to the sinks");
+            Ok(())
+        } else {
+            for p in &problems {
+                warn!(problem = %p, "shutdown incomplete");
+            }
+            Err(problems)
+        }
+    }
+}
+
+/// Waits for every task in `set` until `deadline`, then aborts the rest. Returns the problems.
+async fn join_until(set: &mut JoinSet<TaskResult>, deadline: Instant) -> Vec<String> {
+    let mut problems = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(deadline.into(), set.join_next()).await;
+        match next {
+            Ok(None) => break,
+            Ok(Some(Ok((_, Ok(()))))) => {}
+            Ok(Some(Ok((name, Err(e))))) => problems.push(format!("{name}: {e}")),
+            Ok(Some(Err(join))) => {
+                problems.push(format!("a task panicked or was cancelled: {join}"))
+            }
+            Err(_) => {
+                problems.push(format!(
+                    "{} tasks did not finish before the shutdown timeout",
+                    set.len()
+                ));
+                set.abort_all();
+                break;
+            }
+        }
+    }
+    problems
+}

@@ -1,0 +1,205 @@
+//! A queue bounded in bytes, the only kind of queue in traceloom's data path.
+//!
+//! Trace sizes vary by orders of magnitude, so a count bound says nothing about memory. Each item
+//! carries a semaphore permit for its size; the permit is released when the consumer takes the
+//! item. A sender waits for capacity (that wait is the back-pressure) and receivers at the edge
+//! bound the wait with [`QueueTx::send_timeout`] so clients get a retryable answer instead of a
+//! hung request. There is no unbounded constructor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::telemetry::metrics::QueueGauges;
+
+/// Why a send did not happen; the value comes back so the caller can answer or retry.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError<T> {
+    /// No capacity within the allowed wait.
+    #[error("queue full")]
+    Full(T),
+    /// The consumer is gone (shutdown).
+    #[error("queue closed")]
+    Closed(T),
+}
+
+struct Slot<T> {
+    value: T,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The sending half. Cloning shares the capacity.
+pub struct QueueTx<T> {
+    tx: mpsc::Sender<Slot<T>>,
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+    gauges: QueueGauges,
+}
+
+impl<T> Clone for QueueTx<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            bytes: Arc::clone(&self.bytes),
+            capacity: self.capacity,
+            gauges: self.gauges.clone(),
+        }
+    }
+}
+
+/// The receiving half.
+pub struct QueueRx<T> {
+    rx: mpsc::Receiver<Slot<T>>,
+    bytes: Arc<Semaphore>,
+    capacity: usize,
+    gauges: QueueGauges,
+}
+
+/// Most items a queue holds regardless of size, so that empty batches cannot pile up.
+const MAX_ITEMS: usize = 1 << 16;
+
+/// Creates a queue holding at most `capacity_bytes` bytes of items.
+pub fn bounded<T>(capacity_bytes: usize, gauges: QueueGauges) -> (QueueTx<T>, QueueRx<T>) {
+    let capacity = capacity_bytes.clamp(1, Semaphore::MAX_PERMITS);
+    let (tx, rx) = mpsc::channel(MAX_ITEMS);
+    let bytes = Arc::new(Semaphore::new(capacity));
+    let tx = QueueTx {
+        tx,
+        bytes: Arc::clone(&bytes),
+        capacity,
+        gauges: gauges.clone(),
+    };
+    (
+        tx,
+        QueueRx {
+            rx,
+            bytes,
+            capacity,
+            gauges,
+        },
+    )
+}
+
+impl<T> QueueTx<T> {
+    /// Waits for room for `size` bytes, then queues `value`.
+    ///
+    /// An item larger than the whole queue waits for the queue to be empty and then goes alone.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] when the consumer has gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if cancelled, nothing was queued.
+    pub async fn send(&self, value: T, size: usize) -> Result<(), SendError<T>> {
+        let permits = size.clamp(1, self.capacity) as u32;
+        let Ok(permit) = Arc::clone(&self.bytes).acquire_many_owned(permits).await else {
+            return Err(SendError::Closed(value));
+        };
+        self.push(value, permit).await
+    }
+
+    /// Like [`send`](Self::send) but gives up after `wait`.
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Full`] when no room appeared in time, [`SendError::Closed`] when the consumer
+    /// has gone.
+    pub async fn send_timeout(
+        &self,
+        value: T,
+        size: usize,
+        wait: Duration,
+    ) -> Result<(), SendError<T>> {
+        let permits = size.clamp(1, self.capacity) as u32;
+        let acquire = Arc::clone(&self.bytes).acquire_many_owned(permits);
+        match tokio::time::timeout(wait, acquire).await {
+            Ok(Ok(permit)) => self.push(value, permit).await,
+            Ok(Err(_)) => Err(SendError::Closed(value)),
+            Err(_) => Err(SendError::Full(value)),
+        }
+    }
+
+    async fn push(&self, value: T, permit: OwnedSemaphorePermit) -> Result<(), SendError<T>> {
+        let size = permit.num_permits() as i64;
+        self.gauges.bytes.inc_by(size);
+        self.tx
+            .send(Slot {
+                value,
+                _permit: permit,
+            })
+            .await
+            .map_err(|e| {
+                self.gauges.bytes.dec_by(size);
+                SendError::Closed(e.0.value)
+            })
+    }
+}
+
+impl<T> QueueRx<T> {
+    /// Takes the next item, freeing its bytes; `None` once every sender is gone and the queue is
+    /// empty.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as `tokio::sync::mpsc::Receiver::recv`.
+    pub async fn recv(&mut self) -> Option<T> {
+        let slot = self.rx.recv().await?;
+        self.gauges.bytes.dec_by(slot._permit.num_permits() as i64);
+        Some(slot.value)
+    }
+
+    /// Bytes currently queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.capacity - self.bytes.available_permits()
+    }
+
+    /// Stops new sends (they fail with `Closed`) while queued items can still be received.
+    pub fn close(&mut self) {
+        self.rx.close();
+        self.bytes.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_refuses_after_the_wait_and_accepts_after_a_receive() {
+        let (tx, mut rx) = bounded::<u32>(100, QueueGauges::default());
+        tx.send(1, 60).await.unwrap();
+        let refused = tx.send_timeout(2, 60, Duration::from_millis(50)).await;
+        assert!(matches!(refused, Err(SendError::Full(2))));
+        assert_eq!(rx.queued_bytes(), 60);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.queued_bytes(), 0);
+        tx.send_timeout(2, 60, Duration::from_millis(50))
+            .await
+            .unwrap();
+        assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_item_goes_alone() {
+        let (tx, mut rx) = bounded::<u32>(100, QueueGauges::default());
+        tx.send(1, 1_000).await.unwrap();
+        assert_eq!(rx.queued_bytes(), 100);
+        assert_eq!(rx.recv().await, Some(1));
+    }
+
+    #[tokio::test]
+    async fn closing_refuses_new_items_and_drains_old_ones() {
+        let gauges = QueueGauges::default();
+        let (tx, mut rx) = bounded::<u32>(100, gauges.clone());
+        tx.send(1, 10).await.unwrap();
+        rx.close();
+        assert!(matches!(tx.send(2, 10).await, Err(SendError::Closed(2))));
+        assert_eq!(rx.recv().await, Some(1));
+        drop(tx);
+        assert_eq!(rx.recv().await, None);
+        assert_eq!(gauges.bytes.get(), 0);
+    }
+}
