@@ -1,8 +1,10 @@
 //! The OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export` on tonic.
 //!
 //! Accepts gzip and zstd request compression. A message larger than `max_message_size` (after
-//! decompression) is refused by tonic with `RESOURCE_EXHAUSTED` naming both sizes. A full pipeline
-//! answers `UNAVAILABLE`, which every OTLP exporter retries with back-off.
+//! decompression) is refused with `RESOURCE_EXHAUSTED` naming both sizes: tonic itself answers
+//! `OUT_OF_RANGE`, which OTLP exporters retry, so an oversize request would be sent again and
+//! again; [`oversize_is_resource_exhausted`] rewrites that answer. A full pipeline answers
+//! `UNAVAILABLE`, which every OTLP exporter retries with back-off.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,10 +97,39 @@ impl GrpcReceiver {
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(tower::util::MapResponseLayer::new(
+                oversize_is_resource_exhausted,
+            ))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
     }
+}
+
+/// Turns tonic's `OUT_OF_RANGE` "message length too large" refusal into `RESOURCE_EXHAUSTED`
+/// without `RetryInfo`, which OTLP clients do not retry. The refusal is a trailers-only response,
+/// so the status sits in the headers (and in the response extensions).
+fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let too_large = response
+        .extensions()
+        .get::<Status>()
+        .is_some_and(|s| s.code() == tonic::Code::OutOfRange && s.message().contains("too large"));
+    if too_large {
+        let message = response
+            .extensions()
+            .get::<Status>()
+            .map(|s| s.message().to_string())
+            .unwrap_or_default();
+        let status = Status::resource_exhausted(format!(
+            "request refused, not retryable: {message}; send smaller batches or raise max_message_size"
+        ));
+        let headers = response.headers_mut();
+        headers.remove(Status::GRPC_MESSAGE);
+        if status.add_header(headers).is_ok() {
+            response.extensions_mut().insert(status);
+        }
+    }
+    response
 }
 
 struct Service {

@@ -1,0 +1,200 @@
+//! Starts traceloom in-process on ephemeral loopback ports with a debug sink in a temp dir, and
+//! reads back what the sink wrote.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use traceloom::config::Config;
+use traceloom::telemetry::metrics::Metrics;
+use traceloom::topology::{self, Running};
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running collector and where its debug sink writes.
+pub struct Collector {
+    running: Option<Running>,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Pipeline settings a test may change.
+pub struct Settings {
+    pub max_body_size: &'static str,
+    pub queue_bytes: &'static str,
+    pub admission_timeout: &'static str,
+    /// The debug sink's output; `None` = a file in the temp dir.
+    pub sink_path: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_body_size: "16MiB",
+            queue_bytes: "64MiB",
+            admission_timeout: "500ms",
+            sink_path: None,
+        }
+    }
+}
+
+/// The YAML of a one-pipeline collector on ephemeral ports.
+pub fn pipeline_yaml(s: &Settings, out: &Path) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    type: otlp
+    grpc:
+      endpoint: 127.0.0.1:0
+      max_message_size: {body}
+    http:
+      endpoint: 127.0.0.1:0
+      max_body_size: {body}
+admin:
+  endpoint: 127.0.0.1:0
+pipelines:
+  main:
+    receivers: [otlp]
+    queue:
+      max_bytes: {queue}
+      admission_timeout: {wait}
+    sinks:
+      out:
+        type: debug
+        path: "{out}"
+shutdown_timeout: 20s
+"#,
+        body = s.max_body_size,
+        queue = s.queue_bytes,
+        wait = s.admission_timeout,
+        out = out.display(),
+    )
+}
+
+impl Collector {
+    pub async fn start() -> Self {
+        Self::start_with(Settings::default()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = settings
+            .sink_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("out.jsonl"));
+        let config = Config::parse(&pipeline_yaml(&settings, &out), "test.yaml").unwrap();
+        let running = topology::start(&config, Arc::new(Metrics::new()))
+            .await
+            .unwrap();
+        let a = &running.addresses;
+        Self {
+            grpc: a.grpc["otlp"],
+            http: a.http["otlp"],
+            admin: a.admin.unwrap(),
+            running: Some(running),
+            out,
+            _dir: dir,
+        }
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}/v1/traces", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Every line the debug sink has written so far.
+    pub fn lines(&self) -> Vec<Value> {
+        read_lines(&self.out)
+    }
+
+    /// Waits until the sink holds at least `spans` spans; returns all lines.
+    pub async fn wait_for_spans(&self, spans: usize) -> Vec<Value> {
+        wait_for(
+            &format!("{spans} spans in the debug sink"),
+            Duration::from_secs(10),
+            || {
+                let lines = self.lines();
+                (total_spans(&lines) >= spans).then_some(lines)
+            },
+        )
+        .await
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn stop(mut self) {
+        self.running.take().unwrap().shutdown().await.unwrap();
+    }
+}
+
+pub fn read_lines(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn total_spans(lines: &[Value]) -> usize {
+    lines
+        .iter()
+        .map(|l| l["span_count"].as_u64().unwrap() as usize)
+        .sum()
+}
+
+/// Every span in the lines, as OTLP/JSON objects, each with its resource attached under
+/// `"_resource"`.
+pub fn spans(lines: &[Value]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for line in lines {
+        for trace in line["traces"].as_array().unwrap() {
+            for rs in trace["resourceSpans"].as_array().unwrap() {
+                for ss in rs["scopeSpans"].as_array().unwrap() {
+                    for span in ss["spans"].as_array().unwrap() {
+                        let mut span = span.clone();
+                        span["_resource"] = rs["resource"].clone();
+                        out.push(span);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The value of a metric line, e.g. `traceloom_receiver_accepted_spans_total{protocol="grpc"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}

@@ -1,0 +1,9 @@
+//! Integration tests: traceloom on loopback, driven by real OTLP clients.
+
+mod bad_input;
+mod captures;
+mod cli;
+mod exporters;
+mod harness;
+mod overload;
+mod shutdown;
