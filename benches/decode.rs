@@ -1,0 +1,49 @@
+//! OTLP decode + validate + split-by-trace throughput, in spans per second, for protobuf and
+//! OTLP/JSON bodies: 64 traces x 8 spans per request (512 spans, otlpgen's default batch), each
+//! span carrying ~300 bytes of GenAI attributes.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use traceloom::receive::{json, validate};
+use traceloom::testkit;
+
+const TRACES: usize = 64;
+const SPANS_PER_TRACE: usize = 8;
+
+fn bodies() -> (Vec<u8>, Vec<u8>) {
+    let request = testkit::request(1, TRACES, SPANS_PER_TRACE, 300);
+    let proto = request.encode_to_vec();
+    let json = serde_json::to_vec(&serde_json::json!({
+        "resourceSpans": json::JsonResourceSpans(&request.resource_spans)
+    }))
+    .unwrap();
+    (proto, json)
+}
+
+fn decode(c: &mut Criterion) {
+    let (proto, json_body) = bodies();
+    let spans = (TRACES * SPANS_PER_TRACE) as u64;
+    let mut group = c.benchmark_group("decode_validate");
+    group.throughput(Throughput::Elements(spans));
+    group.bench_function("protobuf", |b| {
+        b.iter(|| {
+            let request = ExportTraceServiceRequest::decode(&proto[..]).unwrap();
+            let split = validate::split_by_trace(request.resource_spans, Vec::new());
+            assert_eq!(split.accepted, spans as usize);
+            split
+        })
+    });
+    group.bench_function("json", |b| {
+        b.iter(|| {
+            let (resource_spans, prior) = json::decode_request(&json_body).unwrap();
+            let split = validate::split_by_trace(resource_spans, prior);
+            assert_eq!(split.accepted, spans as usize);
+            split
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);
