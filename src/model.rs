@@ -9,7 +9,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 /// A W3C/OTLP trace id: 16 bytes, never all zero once validated.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,23 +97,60 @@ pub struct ReceiveMeta {
     pub experiment_id: Option<Arc<str>>,
 }
 
-/// The valid spans of one trace from one request, with their resources and scopes.
-///
-/// Each `ResourceSpans` holds only this trace's spans; resource and scope are copied from the
-/// request so the group stands alone (the shape of the Collector's Kafka exporter with
-/// `partition_traces_by_id`).
+/// Where spans came from: the resource and instrumentation scope of one `ScopeSpans` of a
+/// request. Shared (behind an `Arc`) by every span of that scope, whichever trace it belongs to,
+/// so splitting a request by trace copies no resource.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Origin {
+    /// The `ResourceSpans.resource`.
+    pub resource: Option<Resource>,
+    /// The `ResourceSpans.schema_url`.
+    pub resource_schema_url: String,
+    /// The `ScopeSpans.scope`.
+    pub scope: Option<InstrumentationScope>,
+    /// The `ScopeSpans.schema_url`.
+    pub scope_schema_url: String,
+}
+
+/// Spans of one trace that share an origin.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanGroup {
+    /// Their resource and scope.
+    pub origin: Arc<Origin>,
+    /// The spans, in request order.
+    pub spans: Vec<Span>,
+}
+
+/// The valid spans of one trace from one request, grouped by origin.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceSpans {
-    /// The trace every span in `resource_spans` belongs to.
+    /// The trace every span belongs to.
     pub trace_id: TraceId,
-    /// The spans, grouped by resource and scope as they arrived.
-    pub resource_spans: Vec<ResourceSpans>,
+    /// The spans, by origin, in order of first appearance.
+    pub groups: Vec<SpanGroup>,
 }
 
 impl TraceSpans {
-    /// The number of spans in the group.
+    /// The number of spans.
     pub fn span_count(&self) -> usize {
-        count_spans(&self.resource_spans)
+        self.groups.iter().map(|g| g.spans.len()).sum()
+    }
+
+    /// The spans in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape
+    /// of the Collector's Kafka exporter with `partition_traces_by_id`).
+    pub fn to_resource_spans(&self) -> Vec<ResourceSpans> {
+        self.groups
+            .iter()
+            .map(|g| ResourceSpans {
+                resource: g.origin.resource.clone(),
+                scope_spans: vec![ScopeSpans {
+                    scope: g.origin.scope.clone(),
+                    spans: g.spans.clone(),
+                    schema_url: g.origin.scope_schema_url.clone(),
+                }],
+                schema_url: g.origin.resource_schema_url.clone(),
+            })
+            .collect()
     }
 }
 
@@ -131,15 +170,6 @@ impl SpanBatch {
     pub fn span_count(&self) -> usize {
         self.traces.iter().map(TraceSpans::span_count).sum()
     }
-}
-
-/// Counts the spans in OTLP resource spans.
-pub fn count_spans(resource_spans: &[ResourceSpans]) -> usize {
-    resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .map(|ss| ss.spans.len())
-        .sum()
 }
 
 #[cfg(test)]

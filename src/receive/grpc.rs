@@ -6,12 +6,15 @@
 //! again; [`oversize_is_resource_exhausted`] rewrites that answer. A full pipeline answers
 //! `UNAVAILABLE`, which every OTLP exporter retries with back-off.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
+use bytes::Buf;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -19,13 +22,17 @@ use prost::Message;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::{EXPERIMENT_HEADER, Exporter, SubmitError};
 use crate::config::units::ByteSize;
 use crate::model::Protocol;
+
+/// The gRPC path of OTLP trace export.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// `receivers.<name>.grpc` in the pipeline file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -50,8 +57,7 @@ impl Default for GrpcConfig {
 /// A bound, not yet serving, gRPC receiver.
 pub struct GrpcReceiver {
     listener: TcpListener,
-    exporter: Exporter,
-    max_message_size: usize,
+    service: TraceService,
 }
 
 impl GrpcConfig {
@@ -64,8 +70,10 @@ impl GrpcConfig {
         let listener = TcpListener::bind(&self.endpoint).await?;
         Ok(GrpcReceiver {
             listener,
-            exporter,
-            max_message_size: self.max_message_size.as_usize(),
+            service: TraceService {
+                exporter: Arc::new(exporter),
+                max_message_size: self.max_message_size.as_usize(),
+            },
         })
     }
 }
@@ -84,25 +92,142 @@ impl GrpcReceiver {
     ///
     /// A fatal transport error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), tonic::transport::Error> {
-        let service = TraceServiceServer::new(Service {
-            exporter: self.exporter,
-        })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(self.max_message_size);
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
-            // Larger HTTP/2 windows than hyper's defaults: OTLP requests are often 0.25-1 MiB
-            // and several share one connection; 1 MiB windows stall them on flow control.
+            // OTLP requests are often 0.25-1 MiB and several share one connection: hyper's
+            // defaults (1 MiB windows, 16 KiB frames) stall them on flow control and cut them
+            // into many small frames; larger ones raised throughput by a fifth.
             .initial_stream_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
+            .max_frame_size(Some(1 << 20))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .layer(tower::util::MapResponseLayer::new(
-                oversize_is_resource_exhausted,
-            ))
-            .add_service(service)
+            .add_service(self.service)
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
+    }
+}
+
+/// `TraceService/Export` over tonic's unary machinery with [`SizedCodec`].
+#[derive(Clone)]
+struct TraceService {
+    exporter: Arc<Exporter>,
+    max_message_size: usize,
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for TraceService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            if request.uri().path() != EXPORT_PATH {
+                return Ok(Status::unimplemented(format!(
+                    "{} is not served here",
+                    request.uri().path()
+                ))
+                .into_http());
+            }
+            let mut grpc = Grpc::new(SizedCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(service.max_message_size);
+            let response = grpc.unary(ExportMethod(service.exporter), request).await;
+            Ok(oversize_is_resource_exhausted(response))
+        })
+    }
+}
+
+/// A decoded request and its size in bytes.
+type Sized = (ExportTraceServiceRequest, usize);
+
+struct ExportMethod(Arc<Exporter>);
+
+impl UnaryService<Sized> for ExportMethod {
+    type Response = ExportTraceServiceResponse;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Self::Response>, Status>> + Send>>;
+
+    fn call(&mut self, request: Request<Sized>) -> Self::Future {
+        let exporter = Arc::clone(&self.0);
+        Box::pin(async move {
+            let experiment = request
+                .metadata()
+                .get(EXPERIMENT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let (message, size) = request.into_inner();
+            let result = exporter
+                .export(
+                    Protocol::Grpc,
+                    experiment.as_deref(),
+                    message.resource_spans,
+                    Vec::new(),
+                    size,
+                )
+                .await;
+            let answer = result.map(Response::new).map_err(|e| match e {
+                SubmitError::Overloaded { .. } | SubmitError::ShuttingDown => {
+                    Status::unavailable(e.to_string())
+                }
+            });
+            let code = match &answer {
+                Ok(_) => "OK".to_string(),
+                Err(status) => format!("{:?}", status.code()),
+            };
+            exporter.metrics().request(&code);
+            answer
+        })
+    }
+}
+
+/// Protobuf codec whose decoder also reports the message's decoded size.
+struct SizedCodec;
+
+impl Codec for SizedCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Sized;
+    type Encoder = SizedCodec;
+    type Decoder = SizedCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        SizedCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        SizedCodec
+    }
+}
+
+impl Encoder for SizedCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+impl Decoder for SizedCodec {
+    type Item = Sized;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Sized>, Status> {
+        let size = src.remaining();
+        ExportTraceServiceRequest::decode(src)
+            .map(|m| Some((m, size)))
+            .map_err(|e| {
+                Status::invalid_argument(format!("invalid protobuf ExportTraceServiceRequest: {e}"))
+            })
     }
 }
 
@@ -110,65 +235,21 @@ impl GrpcReceiver {
 /// without `RetryInfo`, which OTLP clients do not retry. The refusal is a trailers-only response,
 /// so the status sits in the headers (and in the response extensions).
 fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let too_large = response
+    let Some(message) = response
         .extensions()
         .get::<Status>()
-        .is_some_and(|s| s.code() == tonic::Code::OutOfRange && s.message().contains("too large"));
-    if too_large {
-        let message = response
-            .extensions()
-            .get::<Status>()
-            .map(|s| s.message().to_string())
-            .unwrap_or_default();
-        let status = Status::resource_exhausted(format!(
-            "request refused, not retryable: {message}; send smaller batches or raise max_message_size"
-        ));
-        let headers = response.headers_mut();
-        headers.remove(Status::GRPC_MESSAGE);
-        if status.add_header(headers).is_ok() {
-            response.extensions_mut().insert(status);
-        }
+        .filter(|s| s.code() == tonic::Code::OutOfRange && s.message().contains("too large"))
+        .map(|s| s.message().to_string())
+    else {
+        return response;
+    };
+    let status = Status::resource_exhausted(format!(
+        "request refused, not retryable: {message}; send smaller batches or raise max_message_size"
+    ));
+    let headers = response.headers_mut();
+    headers.remove(Status::GRPC_MESSAGE);
+    if status.add_header(headers).is_ok() {
+        response.extensions_mut().insert(status);
     }
     response
-}
-
-struct Service {
-    exporter: Exporter,
-}
-
-#[tonic::async_trait]
-impl TraceService for Service {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let experiment = request
-            .metadata()
-            .get(EXPERIMENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let message = request.into_inner();
-        let size = message.encoded_len();
-        let result = self
-            .exporter
-            .export(
-                Protocol::Grpc,
-                experiment.as_deref(),
-                message.resource_spans,
-                Vec::new(),
-                size,
-            )
-            .await;
-        let answer = result.map(Response::new).map_err(|e| match e {
-            SubmitError::Overloaded { .. } | SubmitError::ShuttingDown => {
-                Status::unavailable(e.to_string())
-            }
-        });
-        let code = match &answer {
-            Ok(_) => "OK".to_string(),
-            Err(status) => format!("{:?}", status.code()),
-        };
-        self.exporter.metrics().request(&code);
-        answer
-    }
 }

@@ -10,9 +10,11 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use std::sync::Arc;
 
-use crate::model::{TraceId, TraceSpans};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+
+use crate::model::{Origin, SpanGroup, TraceId, TraceSpans};
 
 /// How many rejection reasons the `partial_success.error_message` lists before summarising.
 const MAX_LISTED_REJECTIONS: usize = 3;
@@ -153,12 +155,18 @@ pub fn split_by_trace(resource_spans: Vec<ResourceSpans>, prior: Vec<Rejection>)
         ..Split::default()
     };
     let mut index: HashMap<TraceId, usize> = HashMap::new();
-    // For each group, the (resource, scope) indexes its last entries were copied from.
+    // For each group, the (resource, scope) indexes its last entry came from.
     let mut origins: Vec<(usize, usize)> = Vec::new();
     for (r, mut rs) in resource_spans.into_iter().enumerate() {
         let scopes = std::mem::take(&mut rs.scope_spans);
         for (s, mut ss) in scopes.into_iter().enumerate() {
             let spans = std::mem::take(&mut ss.spans);
+            let origin = Arc::new(Origin {
+                resource: rs.resource.clone(),
+                resource_schema_url: rs.schema_url.clone(),
+                scope: ss.scope.take(),
+                scope_schema_url: std::mem::take(&mut ss.schema_url),
+            });
             for (i, span) in spans.into_iter().enumerate() {
                 let path = SpanPath {
                     resource: r,
@@ -178,31 +186,20 @@ pub fn split_by_trace(resource_spans: Vec<ResourceSpans>, prior: Vec<Rejection>)
                 let slot = *index.entry(trace_id).or_insert_with(|| {
                     out.traces.push(TraceSpans {
                         trace_id,
-                        resource_spans: Vec::new(),
+                        groups: Vec::new(),
                     });
                     origins.push((usize::MAX, usize::MAX));
                     out.traces.len() - 1
                 });
-                let group = &mut out.traces[slot].resource_spans;
-                let origin = &mut origins[slot];
-                if origin.0 != r {
-                    group.push(ResourceSpans {
-                        resource: rs.resource.clone(),
-                        scope_spans: Vec::new(),
-                        schema_url: rs.schema_url.clone(),
-                    });
-                    *origin = (r, usize::MAX);
-                }
-                let scopes = &mut group.last_mut().expect("pushed above").scope_spans;
-                if origin.1 != s {
-                    scopes.push(ScopeSpans {
-                        scope: ss.scope.clone(),
+                let groups = &mut out.traces[slot].groups;
+                if origins[slot] != (r, s) {
+                    groups.push(SpanGroup {
+                        origin: Arc::clone(&origin),
                         spans: Vec::new(),
-                        schema_url: ss.schema_url.clone(),
                     });
-                    origin.1 = s;
+                    origins[slot] = (r, s);
                 }
-                scopes.last_mut().expect("pushed above").spans.push(span);
+                groups.last_mut().expect("pushed above").spans.push(span);
                 out.accepted += 1;
             }
         }
@@ -241,9 +238,12 @@ mod tests {
         let ids: Vec<_> = split.traces.iter().map(|t| t.trace_id).collect();
         assert_eq!(ids, vec![TraceId([2; 16]), TraceId([1; 16])]);
         assert_eq!(split.traces[0].span_count(), 2);
-        // Both spans of trace 2 share one resource and one scope entry.
-        assert_eq!(split.traces[0].resource_spans.len(), 1);
-        assert_eq!(split.traces[0].resource_spans[0].scope_spans.len(), 1);
+        // Both spans of trace 2 share one origin, which trace 1 shares too.
+        assert_eq!(split.traces[0].groups.len(), 1);
+        assert!(Arc::ptr_eq(
+            &split.traces[0].groups[0].origin,
+            &split.traces[1].groups[0].origin
+        ));
     }
 
     #[test]
@@ -253,15 +253,13 @@ mod tests {
             vec![span(1, 2, &[1; 8]), span(3, 3, &[])],
         ]);
         let split = split_by_trace(req, vec![]);
-        let t1 = &split.traces[0];
-        assert_eq!(t1.resource_spans.len(), 2);
+        let t1 = split.traces[0].to_resource_spans();
         let names: Vec<_> = t1
-            .resource_spans
             .iter()
             .map(|rs| testkit::service_name(rs).unwrap())
             .collect();
         assert_eq!(names, vec!["svc-0", "svc-1"]);
-        assert_eq!(split.traces[1].resource_spans.len(), 1);
+        assert_eq!(split.traces[1].groups.len(), 1);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -70,14 +71,18 @@ struct Line<'a> {
     received_at: String,
     experiment_id: Option<&'a str>,
     span_count: usize,
-    traces: Vec<TraceEntry<'a>>,
+    traces: Vec<TraceEntry>,
 }
 
 #[derive(Serialize)]
-struct TraceEntry<'a> {
+struct TraceEntry {
     trace_id: String,
-    #[serde(rename = "resourceSpans")]
-    resource_spans: JsonResourceSpans<'a>,
+    #[serde(rename = "resourceSpans", serialize_with = "as_otlp_json")]
+    resource_spans: Vec<ResourceSpans>,
+}
+
+fn as_otlp_json<S: serde::Serializer>(rs: &[ResourceSpans], s: S) -> Result<S::Ok, S::Error> {
+    JsonResourceSpans(rs).serialize(s)
 }
 
 /// Renders one batch as its JSON line (without the newline).
@@ -93,7 +98,7 @@ pub fn render(batch: &SpanBatch) -> String {
             .iter()
             .map(|t: &TraceSpans| TraceEntry {
                 trace_id: t.trace_id.to_string(),
-                resource_spans: JsonResourceSpans(&t.resource_spans),
+                resource_spans: t.to_resource_spans(),
             })
             .collect(),
     };
