@@ -8,6 +8,10 @@ use prost::Message;
 use traceloom::receive::{json, validate};
 use traceloom::testkit;
 
+// The binary's allocator, so the numbers match production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TRACES: usize = 64;
 const SPANS_PER_TRACE: usize = 8;
 

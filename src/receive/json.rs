@@ -35,22 +35,37 @@ pub struct JsonError {
 ///
 /// [`JsonError`] when the body is not JSON or does not have the OTLP shape.
 pub fn decode_request(body: &[u8]) -> Result<(Vec<ResourceSpans>, Vec<Rejection>), JsonError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let req: JRequest = serde_path_to_error::deserialize(de).map_err(|e| JsonError {
-        path: match e.path().to_string().as_str() {
-            "." => "the top level".to_string(),
-            p => p.to_string(),
-        },
-        message: e.inner().to_string(),
-    })?;
+    // Path tracking slows every parse; run it only to explain a failure.
+    let req: JRequest = match serde_json::from_slice(body) {
+        Ok(req) => req,
+        Err(_) => return Err(locate_error(body)),
+    };
     let mut rejections = Vec::new();
     let resource_spans = req
         .resource_spans
         .into_iter()
         .enumerate()
         .map(|(r, rs)| rs.into_proto(r, &mut rejections))
-        .collect::<Result<_, _>>()?;
+        .collect();
     Ok((resource_spans, rejections))
+}
+
+/// Parses `body` again with path tracking to say where and why it is not OTLP/JSON.
+fn locate_error(body: &[u8]) -> JsonError {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, JRequest>(de) {
+        Ok(_) => JsonError {
+            path: "the top level".into(),
+            message: "the document could not be read".into(),
+        },
+        Err(e) => JsonError {
+            path: match e.path().to_string().as_str() {
+                "." | "?" => "the top level".to_string(),
+                p => p.to_string(),
+            },
+            message: e.inner().to_string(),
+        },
+    }
 }
 
 /// Wraps resource spans so `serde_json` writes them as an OTLP/JSON `resourceSpans` array.
@@ -219,8 +234,12 @@ struct JAnyValue {
     array_value: Option<JValues<JAnyValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     kvlist_value: Option<JValues<JKeyValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    bytes_value: Option<String>,
+    #[serde(
+        deserialize_with = "opt_base64",
+        serialize_with = "opt_as_base64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    bytes_value: Option<Vec<u8>>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -374,6 +393,20 @@ fn status_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
     )
 }
 
+fn opt_base64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let text = String::deserialize(d)?;
+    decode_base64(&text)
+        .map(Some)
+        .ok_or_else(|| de::Error::custom("not valid base64"))
+}
+
+fn opt_as_base64<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(b) => s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b)),
+        None => s.serialize_none(),
+    }
+}
+
 fn as_string<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
@@ -395,31 +428,17 @@ fn hex_id(text: &str, field: &'static str) -> Result<Vec<u8>, SpanError> {
     })
 }
 
-fn attribute_error(path: String, message: impl Into<String>) -> JsonError {
-    JsonError {
-        path,
-        message: message.into(),
-    }
-}
-
-fn attrs_into_proto(attrs: Vec<JKeyValue>, path: &str) -> Result<Vec<KeyValue>, JsonError> {
-    attrs
-        .into_iter()
-        .enumerate()
-        .map(|(i, kv)| kv.into_proto(&format!("{path}.attributes[{i}]")))
-        .collect()
+fn attrs_into_proto(attrs: Vec<JKeyValue>) -> Vec<KeyValue> {
+    attrs.into_iter().map(JKeyValue::into_proto).collect()
 }
 
 impl JKeyValue {
-    fn into_proto(self, path: &str) -> Result<KeyValue, JsonError> {
-        Ok(KeyValue {
+    fn into_proto(self) -> KeyValue {
+        KeyValue {
             key: self.key,
             key_strindex: 0,
-            value: self
-                .value
-                .map(|v| v.into_proto(&format!("{path}.value")))
-                .transpose()?,
-        })
+            value: self.value.map(JAnyValue::into_proto),
+        }
     }
 
     fn from_proto(kv: &KeyValue) -> Self {
@@ -431,7 +450,7 @@ impl JKeyValue {
 }
 
 impl JAnyValue {
-    fn into_proto(self, path: &str) -> Result<AnyValue, JsonError> {
+    fn into_proto(self) -> AnyValue {
         let value = if let Some(s) = self.string_value {
             Some(Value::StringValue(s))
         } else if let Some(b) = self.bool_value {
@@ -441,29 +460,16 @@ impl JAnyValue {
         } else if let Some(d) = self.double_value {
             Some(Value::DoubleValue(d.0))
         } else if let Some(a) = self.array_value {
-            let values = a
-                .values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| v.into_proto(&format!("{path}.arrayValue.values[{i}]")))
-                .collect::<Result<_, _>>()?;
+            let values = a.values.into_iter().map(JAnyValue::into_proto).collect();
             Some(Value::ArrayValue(ArrayValue { values }))
         } else if let Some(kvs) = self.kvlist_value {
-            let values = kvs
-                .values
-                .into_iter()
-                .enumerate()
-                .map(|(i, kv)| kv.into_proto(&format!("{path}.kvlistValue.values[{i}]")))
-                .collect::<Result<_, _>>()?;
-            Some(Value::KvlistValue(KeyValueList { values }))
-        } else if let Some(b64) = self.bytes_value {
-            let bytes = decode_base64(&b64)
-                .ok_or_else(|| attribute_error(format!("{path}.bytesValue"), "not valid base64"))?;
-            Some(Value::BytesValue(bytes))
+            Some(Value::KvlistValue(KeyValueList {
+                values: attrs_into_proto(kvs.values),
+            }))
         } else {
-            None
+            self.bytes_value.map(Value::BytesValue)
         };
-        Ok(AnyValue { value })
+        AnyValue { value }
     }
 
     fn from_proto(v: &AnyValue) -> Self {
@@ -483,9 +489,7 @@ impl JAnyValue {
                     values: kvs.values.iter().map(JKeyValue::from_proto).collect(),
                 })
             }
-            Some(Value::BytesValue(b)) => {
-                out.bytes_value = Some(base64::engine::general_purpose::STANDARD.encode(b))
-            }
+            Some(Value::BytesValue(b)) => out.bytes_value = Some(b.clone()),
             // Dictionary references belong to the profiles signal; spans never carry them.
             Some(Value::StringValueStrindex(_)) | None => {}
         }
@@ -503,42 +507,30 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 }
 
 impl JResourceSpans {
-    fn into_proto(
-        self,
-        r: usize,
-        rejected: &mut Vec<Rejection>,
-    ) -> Result<ResourceSpans, JsonError> {
-        let path = format!("resourceSpans[{r}]");
-        let resource = self
-            .resource
-            .map(|res| {
-                Ok::<_, JsonError>(Resource {
-                    attributes: attrs_into_proto(res.attributes, &format!("{path}.resource"))?,
-                    dropped_attributes_count: res.dropped_attributes_count,
-                    entity_refs: Vec::new(),
-                })
-            })
-            .transpose()?;
+    fn into_proto(self, r: usize, rejected: &mut Vec<Rejection>) -> ResourceSpans {
+        let resource = self.resource.map(|res| Resource {
+            attributes: attrs_into_proto(res.attributes),
+            dropped_attributes_count: res.dropped_attributes_count,
+            entity_refs: Vec::new(),
+        });
         let scope_spans = self
             .scope_spans
             .into_iter()
             .enumerate()
             .map(|(s, ss)| {
-                ss.into_proto(
-                    SpanPath {
-                        resource: r,
-                        scope: s,
-                        span: 0,
-                    },
-                    rejected,
-                )
+                let at = SpanPath {
+                    resource: r,
+                    scope: s,
+                    span: 0,
+                };
+                ss.into_proto(at, rejected)
             })
-            .collect::<Result<_, _>>()?;
-        Ok(ResourceSpans {
+            .collect();
+        ResourceSpans {
             resource,
             scope_spans,
             schema_url: self.schema_url,
-        })
+        }
     }
 
     fn from_proto(rs: &ResourceSpans) -> Self {
@@ -554,40 +546,30 @@ impl JResourceSpans {
 }
 
 impl JScopeSpans {
-    fn into_proto(
-        self,
-        at: SpanPath,
-        rejected: &mut Vec<Rejection>,
-    ) -> Result<ScopeSpans, JsonError> {
-        let path = format!("resourceSpans[{}].scopeSpans[{}]", at.resource, at.scope);
-        let scope = self
-            .scope
-            .map(|sc| {
-                Ok::<_, JsonError>(InstrumentationScope {
-                    name: sc.name,
-                    version: sc.version,
-                    attributes: attrs_into_proto(sc.attributes, &format!("{path}.scope"))?,
-                    dropped_attributes_count: sc.dropped_attributes_count,
-                })
-            })
-            .transpose()?;
+    fn into_proto(self, at: SpanPath, rejected: &mut Vec<Rejection>) -> ScopeSpans {
+        let scope = self.scope.map(|sc| InstrumentationScope {
+            name: sc.name,
+            version: sc.version,
+            attributes: attrs_into_proto(sc.attributes),
+            dropped_attributes_count: sc.dropped_attributes_count,
+        });
         let mut spans = Vec::with_capacity(self.spans.len());
         for (i, js) in self.spans.into_iter().enumerate() {
-            let at = SpanPath { span: i, ..at };
-            match js.into_proto(&format!("{path}.spans[{i}]"))? {
+            match js.into_proto() {
                 Ok(span) => spans.push(span),
                 Err(error) => {
-                    rejected.push(Rejection { path: at, error });
+                    let path = SpanPath { span: i, ..at };
+                    rejected.push(Rejection { path, error });
                     // Keep the slot so indexes in later rejections still match the request.
                     spans.push(Span::default());
                 }
             }
         }
-        Ok(ScopeSpans {
+        ScopeSpans {
             scope,
             spans,
             schema_url: self.schema_url,
-        })
+        }
     }
 
     fn from_proto(ss: &ScopeSpans) -> Self {
@@ -605,65 +587,41 @@ impl JScopeSpans {
 }
 
 impl JSpan {
-    /// Outer error: the JSON is malformed (fails the request). Inner error: the span's ids are
-    /// not hex (refuses this span only).
-    fn into_proto(self, path: &str) -> Result<Result<Span, SpanError>, JsonError> {
-        let ids = (|| {
-            Ok::<_, SpanError>((
-                hex_id(&self.trace_id, "traceId")?,
-                hex_id(&self.span_id, "spanId")?,
-                hex_id(&self.parent_span_id, "parentSpanId")?,
-            ))
-        })();
-        let attributes = attrs_into_proto(self.attributes, path)?;
-        let events = self
-            .events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                Ok::<_, JsonError>(span::Event {
-                    time_unix_nano: e.time_unix_nano,
-                    name: e.name,
-                    attributes: attrs_into_proto(e.attributes, &format!("{path}.events[{i}]"))?,
-                    dropped_attributes_count: e.dropped_attributes_count,
-                })
-            })
-            .collect::<Result<_, _>>()?;
+    /// Fails only when an id is not hex, which refuses this span alone.
+    fn into_proto(self) -> Result<Span, SpanError> {
         let mut links = Vec::with_capacity(self.links.len());
-        for (i, l) in self.links.into_iter().enumerate() {
-            let attributes = attrs_into_proto(l.attributes, &format!("{path}.links[{i}]"))?;
-            let link_ids = hex_id(&l.trace_id, "links.traceId")
-                .and_then(|t| Ok((t, hex_id(&l.span_id, "links.spanId")?)));
-            let (trace_id, span_id) = match link_ids {
-                Ok(ids) => ids,
-                Err(e) => return Ok(Err(e)),
-            };
+        for l in self.links {
             links.push(span::Link {
-                trace_id,
-                span_id,
+                trace_id: hex_id(&l.trace_id, "links.traceId")?,
+                span_id: hex_id(&l.span_id, "links.spanId")?,
                 trace_state: l.trace_state,
-                attributes,
+                attributes: attrs_into_proto(l.attributes),
                 dropped_attributes_count: l.dropped_attributes_count,
                 flags: l.flags,
             });
         }
-        let (trace_id, span_id, parent_span_id) = match ids {
-            Ok(ids) => ids,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(Ok(Span {
-            trace_id,
-            span_id,
+        Ok(Span {
+            trace_id: hex_id(&self.trace_id, "traceId")?,
+            span_id: hex_id(&self.span_id, "spanId")?,
             trace_state: self.trace_state,
-            parent_span_id,
+            parent_span_id: hex_id(&self.parent_span_id, "parentSpanId")?,
             flags: self.flags,
             name: self.name,
             kind: self.kind,
             start_time_unix_nano: self.start_time_unix_nano,
             end_time_unix_nano: self.end_time_unix_nano,
-            attributes,
+            attributes: attrs_into_proto(self.attributes),
             dropped_attributes_count: self.dropped_attributes_count,
-            events,
+            events: self
+                .events
+                .into_iter()
+                .map(|e| span::Event {
+                    time_unix_nano: e.time_unix_nano,
+                    name: e.name,
+                    attributes: attrs_into_proto(e.attributes),
+                    dropped_attributes_count: e.dropped_attributes_count,
+                })
+                .collect(),
             dropped_events_count: self.dropped_events_count,
             links,
             dropped_links_count: self.dropped_links_count,
@@ -671,7 +629,7 @@ impl JSpan {
                 message: s.message,
                 code: s.code,
             }),
-        }))
+        })
     }
 
     fn from_proto(s: &Span) -> Self {
@@ -716,5 +674,126 @@ impl JSpan {
                 code: st.code,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    fn one_span(span: serde_json::Value) -> Vec<u8> {
+        serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn encoding_then_decoding_gives_the_request_back() {
+        let mut request = testkit::request(3, 4, 3, 200);
+        let span = &mut request.resource_spans[0].scope_spans[0].spans[1];
+        span.attributes.push(KeyValue {
+            key: "blob".into(),
+            key_strindex: 0,
+            value: Some(AnyValue {
+                value: Some(Value::BytesValue(vec![0, 255, 7])),
+            }),
+        });
+        span.attributes.push(KeyValue {
+            key: "nested".into(),
+            key_strindex: 0,
+            value: Some(AnyValue {
+                value: Some(Value::KvlistValue(KeyValueList {
+                    values: vec![testkit::kv("a", "b"), testkit::kv_int("n", -5)],
+                })),
+            }),
+        });
+        span.status = Some(Status {
+            message: "bad".into(),
+            code: 2,
+        });
+        let text = serde_json::to_vec(&serde_json::json!({
+            "resourceSpans": JsonResourceSpans(&request.resource_spans)
+        }))
+        .unwrap();
+        let (decoded, rejected) = decode_request(&text).unwrap();
+        assert!(rejected.is_empty());
+        assert_eq!(
+            ExportTraceServiceRequest {
+                resource_spans: decoded
+            },
+            request
+        );
+    }
+
+    #[test]
+    fn integers_enums_and_doubles_are_read_leniently() {
+        let body = one_span(serde_json::json!({
+            "traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708",
+            "kind": "SPAN_KIND_CLIENT", "startTimeUnixNano": 5, "endTimeUnixNano": "6",
+            "status": {"code": "STATUS_CODE_ERROR"},
+            "attributes": [
+                {"key": "i", "value": {"intValue": 7}},
+                {"key": "d", "value": {"doubleValue": "NaN"}},
+                {"key": "unknown", "value": {"futureValue": 1}}
+            ],
+            "someFutureField": true
+        }));
+        let (rs, _) = decode_request(&body).unwrap();
+        let span = &rs[0].scope_spans[0].spans[0];
+        assert_eq!(
+            (
+                span.kind,
+                span.start_time_unix_nano,
+                span.end_time_unix_nano
+            ),
+            (3, 5, 6)
+        );
+        assert_eq!(span.status.as_ref().unwrap().code, 2);
+        assert_eq!(
+            span.attributes[0].value.as_ref().unwrap().value,
+            Some(Value::IntValue(7))
+        );
+        assert!(matches!(
+            span.attributes[1].value.as_ref().unwrap().value,
+            Some(Value::DoubleValue(d)) if d.is_nan()
+        ));
+        assert_eq!(span.attributes[2].value.as_ref().unwrap().value, None);
+    }
+
+    #[test]
+    fn errors_name_the_json_path() {
+        let body = one_span(serde_json::json!({
+            "attributes": [{"key": "b", "value": {"bytesValue": "***"}}]
+        }));
+        let err = decode_request(&body).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid OTLP/JSON at resourceSpans[0].scopeSpans[0].spans[0].attributes[0].value.bytesValue: not valid base64 at line 1 column 97"
+        );
+        let err = decode_request(br#"{"resourceSpans": {}}"#).unwrap_err();
+        assert_eq!(err.path, "resourceSpans");
+        let err = decode_request(b"{oops").unwrap_err();
+        assert_eq!(err.path, "the top level");
+    }
+
+    #[test]
+    fn a_non_hex_id_refuses_its_span_and_keeps_its_slot() {
+        let body = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [
+            {"traceId": "xyz", "spanId": "0102030405060708"},
+            {"traceId": "0102030405060708090a0b0c0d0e0f10", "spanId": "0102030405060708",
+             "links": [{"traceId": "0102", "spanId": "nothex"}]},
+        ]}]}]});
+        let (rs, rejected) = decode_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(rs[0].scope_spans[0].spans.len(), 2);
+        let fields: Vec<_> = rejected
+            .iter()
+            .map(|r| match &r.error {
+                SpanError::NotHex { field, .. } => (*field, r.path.span),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(fields, vec![("traceId", 0), ("links.spanId", 1)]);
     }
 }
