@@ -3,8 +3,8 @@
 //! span carrying ~300 bytes of GenAI attributes.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
+use traceloom::otlp::ExportTraceServiceRequest;
 use traceloom::receive::{json, validate};
 use traceloom::testkit;
 
@@ -27,12 +27,13 @@ fn bodies() -> (Vec<u8>, Vec<u8>) {
 
 fn decode(c: &mut Criterion) {
     let (proto, json_body) = bodies();
+    let proto = bytes::Bytes::from(proto);
     let spans = (TRACES * SPANS_PER_TRACE) as u64;
     let mut group = c.benchmark_group("decode_validate");
     group.throughput(Throughput::Elements(spans));
     group.bench_function("protobuf", |b| {
         b.iter(|| {
-            let request = ExportTraceServiceRequest::decode(&proto[..]).unwrap();
+            let request = ExportTraceServiceRequest::decode(proto.clone()).unwrap();
             let split = validate::split_by_trace(request.resource_spans, Vec::new());
             assert_eq!(split.accepted, spans as usize);
             split

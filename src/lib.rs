@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod model;
+pub mod otlp;
 pub mod receive;
 pub mod sink;
 pub mod telemetry;

@@ -9,9 +9,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use bytes::Bytes;
+
+use crate::otlp::{InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span};
 
 /// A W3C/OTLP trace id: 16 bytes, never all zero once validated.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,11 +105,11 @@ pub struct Origin {
     /// The `ResourceSpans.resource`.
     pub resource: Option<Resource>,
     /// The `ResourceSpans.schema_url`.
-    pub resource_schema_url: String,
+    pub resource_schema_url: Bytes,
     /// The `ScopeSpans.scope`.
     pub scope: Option<InstrumentationScope>,
     /// The `ScopeSpans.schema_url`.
-    pub scope_schema_url: String,
+    pub scope_schema_url: Bytes,
 }
 
 /// Spans of one trace that share an origin.

@@ -3,20 +3,20 @@
 //! Compiled into the library (hidden from docs) so that `tests/` and `benches/` can use it
 //! without a cargo feature that could silently skip them.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, InstrumentationScope, KeyValue, any_value::Value,
+use bytes::Bytes;
+use prost::Message;
+
+use crate::otlp::{
+    AnyValue, ExportTraceServiceRequest, InstrumentationScope, KeyValue, Resource, ResourceSpans,
+    ScopeSpans, Span, Status, Value, text,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 
 /// A string attribute.
 pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
-        key: key.into(),
-        key_strindex: 0,
+        key: Bytes::copy_from_slice(key.as_bytes()),
         value: Some(AnyValue {
-            value: Some(Value::StringValue(value.into())),
+            value: Some(Value::StringValue(Bytes::copy_from_slice(value.as_bytes()))),
         }),
     }
 }
@@ -24,8 +24,7 @@ pub fn kv(key: &str, value: &str) -> KeyValue {
 /// An integer attribute.
 pub fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
-        key: key.into(),
-        key_strindex: 0,
+        key: Bytes::copy_from_slice(key.as_bytes()),
         value: Some(AnyValue {
             value: Some(Value::IntValue(value)),
         }),
@@ -35,10 +34,10 @@ pub fn kv_int(key: &str, value: i64) -> KeyValue {
 /// A span with the given ids, starting at 1 s and lasting 1 ms.
 pub fn span(trace_id: [u8; 16], span_id: [u8; 8], parent: &[u8], name: &str) -> Span {
     Span {
-        trace_id: trace_id.to_vec(),
-        span_id: span_id.to_vec(),
-        parent_span_id: parent.to_vec(),
-        name: name.into(),
+        trace_id: Bytes::copy_from_slice(&trace_id),
+        span_id: Bytes::copy_from_slice(&span_id),
+        parent_span_id: Bytes::copy_from_slice(parent),
+        name: Bytes::copy_from_slice(name.as_bytes()),
         kind: 1,
         start_time_unix_nano: 1_000_000_000,
         end_time_unix_nano: 1_001_000_000,
@@ -56,27 +55,34 @@ pub fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
         }),
         scope_spans: vec![ScopeSpans {
             scope: Some(InstrumentationScope {
-                name: "traceloom.testkit".into(),
+                name: Bytes::from_static(b"traceloom.testkit"),
                 ..InstrumentationScope::default()
             }),
             spans,
-            schema_url: String::new(),
+            schema_url: Bytes::new(),
         }],
-        schema_url: String::new(),
+        schema_url: Bytes::new(),
     }
 }
 
 /// The `service.name` resource attribute, if it is a string.
-pub fn service_name(rs: &ResourceSpans) -> Option<&str> {
+pub fn service_name(rs: &ResourceSpans) -> Option<String> {
     rs.resource
         .as_ref()?
         .attributes
         .iter()
-        .find(|kv| kv.key == "service.name")
+        .find(|kv| &kv.key[..] == b"service.name")
         .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.as_str()),
+            Value::StringValue(s) => Some(text(s).into_owned()),
             _ => None,
         })
+}
+
+/// The same request as `opentelemetry-proto`'s type, for its generated gRPC client.
+pub fn upstream(
+    request: &ExportTraceServiceRequest,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    Message::decode(&request.encode_to_vec()[..]).expect("the two types share one wire format")
 }
 
 /// A request of `traces` traces with `spans_per_trace` spans each (a root and children), every
@@ -104,12 +110,8 @@ pub fn request(
                 p[4..].copy_from_slice(&1u32.to_be_bytes());
                 p.to_vec()
             };
-            let mut sp = span(
-                trace_id,
-                span_id,
-                &parent,
-                if s == 0 { "invoke_agent" } else { "chat" },
-            );
+            let name = if s == 0 { "invoke_agent" } else { "chat" };
+            let mut sp = span(trace_id, span_id, &parent, name);
             sp.attributes = genai_attributes(s, attr_bytes);
             spans.push(sp);
         }

@@ -8,12 +8,11 @@
 use std::io::Read;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
 
 use super::json::{self, JsonError};
 use super::validate::Rejection;
+use crate::otlp::{ExportTraceServiceRequest, ResourceSpans};
 
 /// The body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,15 +168,16 @@ fn read_bounded(reader: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
 ///
 /// [`DecodeError::Protobuf`] or [`DecodeError::Json`] with what failed and where.
 pub fn decode_body(
-    body: &[u8],
+    body: Bytes,
     content_type: ContentType,
 ) -> Result<(Vec<ResourceSpans>, Vec<Rejection>), DecodeError> {
     match content_type {
+        // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
         ContentType::Protobuf => Ok((
             ExportTraceServiceRequest::decode(body)?.resource_spans,
             Vec::new(),
         )),
-        ContentType::Json => Ok(json::decode_request(body)?),
+        ContentType::Json => Ok(json::decode_request(&body)?),
     }
 }
 

@@ -15,9 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Buf;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -30,6 +28,7 @@ use tonic::{Request, Response, Status};
 use super::{EXPERIMENT_HEADER, Exporter, SubmitError};
 use crate::config::units::ByteSize;
 use crate::model::Protocol;
+use crate::otlp::ExportTraceServiceRequest;
 
 /// The gRPC path of OTLP trace export.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -223,7 +222,9 @@ impl Decoder for SizedCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Sized>, Status> {
         let size = src.remaining();
-        ExportTraceServiceRequest::decode(src)
+        // One slice of tonic's buffer; every string field then slices it in turn.
+        let message = src.copy_to_bytes(size);
+        ExportTraceServiceRequest::decode(message)
             .map(|m| Some((m, size)))
             .map_err(|e| {
                 Status::invalid_argument(format!("invalid protobuf ExportTraceServiceRequest: {e}"))

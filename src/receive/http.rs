@@ -301,11 +301,12 @@ async fn handle(
         };
         refuse(reason, e)
     })?;
-    let (resource_spans, prior) = decode::decode_body(&plain, content_type)
-        .map_err(|e| refuse(RefuseReason::Malformed, e))?;
+    let size = plain.len();
+    let (resource_spans, prior) =
+        decode::decode_body(plain, content_type).map_err(|e| refuse(RefuseReason::Malformed, e))?;
     let experiment = header(headers, EXPERIMENT_HEADER);
     exporter
-        .export(protocol, experiment, resource_spans, prior, plain.len())
+        .export(protocol, experiment, resource_spans, prior, size)
         .await
         .map_err(|e| {
             let mut refusal = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());

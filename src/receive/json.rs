@@ -8,14 +8,14 @@
 //! through `partial_success`, not the whole request.
 
 use base64::Engine as _;
-use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use super::validate::{Rejection, SpanError, SpanPath};
+use crate::otlp::{
+    AnyValue, ArrayValue, Event, InstrumentationScope, KeyValue, KeyValueList, Link, Resource,
+    ResourceSpans, ScopeSpans, Span, Status, Value, text,
+};
 
 /// An OTLP/JSON body that could not be read; the message names the JSON path and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -421,11 +421,18 @@ fn opt_as_string<S: Serializer>(v: &Option<i64>, s: S) -> Result<S::Ok, S::Error
 // ---- JSON -> protobuf ---------------------------------------------------------------------
 
 /// Decodes a hex id; the empty string is the empty id (a root's parent).
-fn hex_id(text: &str, field: &'static str) -> Result<Vec<u8>, SpanError> {
-    hex::decode(text).map_err(|_| SpanError::NotHex {
-        field,
-        value: text.chars().take(40).collect(),
-    })
+fn hex_id(id: &str, field: &'static str) -> Result<Bytes, SpanError> {
+    hex::decode(id)
+        .map(Bytes::from)
+        .map_err(|_| SpanError::NotHex {
+            field,
+            value: id.chars().take(40).collect(),
+        })
+}
+
+/// Text for a JSON field, from an OTLP string field.
+fn owned(field: &Bytes) -> String {
+    text(field).into_owned()
 }
 
 fn attrs_into_proto(attrs: Vec<JKeyValue>) -> Vec<KeyValue> {
@@ -435,15 +442,14 @@ fn attrs_into_proto(attrs: Vec<JKeyValue>) -> Vec<KeyValue> {
 impl JKeyValue {
     fn into_proto(self) -> KeyValue {
         KeyValue {
-            key: self.key,
-            key_strindex: 0,
+            key: self.key.into(),
             value: self.value.map(JAnyValue::into_proto),
         }
     }
 
     fn from_proto(kv: &KeyValue) -> Self {
         Self {
-            key: kv.key.clone(),
+            key: owned(&kv.key),
             value: kv.value.as_ref().map(JAnyValue::from_proto),
         }
     }
@@ -452,7 +458,7 @@ impl JKeyValue {
 impl JAnyValue {
     fn into_proto(self) -> AnyValue {
         let value = if let Some(s) = self.string_value {
-            Some(Value::StringValue(s))
+            Some(Value::StringValue(s.into()))
         } else if let Some(b) = self.bool_value {
             Some(Value::BoolValue(b))
         } else if let Some(i) = self.int_value {
@@ -467,7 +473,7 @@ impl JAnyValue {
                 values: attrs_into_proto(kvs.values),
             }))
         } else {
-            self.bytes_value.map(Value::BytesValue)
+            self.bytes_value.map(|b| Value::BytesValue(b.into()))
         };
         AnyValue { value }
     }
@@ -475,7 +481,7 @@ impl JAnyValue {
     fn from_proto(v: &AnyValue) -> Self {
         let mut out = JAnyValue::default();
         match &v.value {
-            Some(Value::StringValue(s)) => out.string_value = Some(s.clone()),
+            Some(Value::StringValue(s)) => out.string_value = Some(owned(s)),
             Some(Value::BoolValue(b)) => out.bool_value = Some(*b),
             Some(Value::IntValue(i)) => out.int_value = Some(*i),
             Some(Value::DoubleValue(d)) => out.double_value = Some(JDouble(*d)),
@@ -489,9 +495,8 @@ impl JAnyValue {
                     values: kvs.values.iter().map(JKeyValue::from_proto).collect(),
                 })
             }
-            Some(Value::BytesValue(b)) => out.bytes_value = Some(b.clone()),
-            // Dictionary references belong to the profiles signal; spans never carry them.
-            Some(Value::StringValueStrindex(_)) | None => {}
+            Some(Value::BytesValue(b)) => out.bytes_value = Some(b.to_vec()),
+            None => {}
         }
         out
     }
@@ -529,7 +534,7 @@ impl JResourceSpans {
         ResourceSpans {
             resource,
             scope_spans,
-            schema_url: self.schema_url,
+            schema_url: self.schema_url.into(),
         }
     }
 
@@ -540,7 +545,7 @@ impl JResourceSpans {
                 dropped_attributes_count: r.dropped_attributes_count,
             }),
             scope_spans: rs.scope_spans.iter().map(JScopeSpans::from_proto).collect(),
-            schema_url: rs.schema_url.clone(),
+            schema_url: owned(&rs.schema_url),
         }
     }
 }
@@ -548,8 +553,8 @@ impl JResourceSpans {
 impl JScopeSpans {
     fn into_proto(self, at: SpanPath, rejected: &mut Vec<Rejection>) -> ScopeSpans {
         let scope = self.scope.map(|sc| InstrumentationScope {
-            name: sc.name,
-            version: sc.version,
+            name: sc.name.into(),
+            version: sc.version.into(),
             attributes: attrs_into_proto(sc.attributes),
             dropped_attributes_count: sc.dropped_attributes_count,
         });
@@ -568,20 +573,20 @@ impl JScopeSpans {
         ScopeSpans {
             scope,
             spans,
-            schema_url: self.schema_url,
+            schema_url: self.schema_url.into(),
         }
     }
 
     fn from_proto(ss: &ScopeSpans) -> Self {
         Self {
             scope: ss.scope.as_ref().map(|sc| JScope {
-                name: sc.name.clone(),
-                version: sc.version.clone(),
+                name: owned(&sc.name),
+                version: owned(&sc.version),
                 attributes: sc.attributes.iter().map(JKeyValue::from_proto).collect(),
                 dropped_attributes_count: sc.dropped_attributes_count,
             }),
             spans: ss.spans.iter().map(JSpan::from_proto).collect(),
-            schema_url: ss.schema_url.clone(),
+            schema_url: owned(&ss.schema_url),
         }
     }
 }
@@ -591,10 +596,10 @@ impl JSpan {
     fn into_proto(self) -> Result<Span, SpanError> {
         let mut links = Vec::with_capacity(self.links.len());
         for l in self.links {
-            links.push(span::Link {
+            links.push(Link {
                 trace_id: hex_id(&l.trace_id, "links.traceId")?,
                 span_id: hex_id(&l.span_id, "links.spanId")?,
-                trace_state: l.trace_state,
+                trace_state: l.trace_state.into(),
                 attributes: attrs_into_proto(l.attributes),
                 dropped_attributes_count: l.dropped_attributes_count,
                 flags: l.flags,
@@ -603,10 +608,10 @@ impl JSpan {
         Ok(Span {
             trace_id: hex_id(&self.trace_id, "traceId")?,
             span_id: hex_id(&self.span_id, "spanId")?,
-            trace_state: self.trace_state,
+            trace_state: self.trace_state.into(),
             parent_span_id: hex_id(&self.parent_span_id, "parentSpanId")?,
             flags: self.flags,
-            name: self.name,
+            name: self.name.into(),
             kind: self.kind,
             start_time_unix_nano: self.start_time_unix_nano,
             end_time_unix_nano: self.end_time_unix_nano,
@@ -615,9 +620,9 @@ impl JSpan {
             events: self
                 .events
                 .into_iter()
-                .map(|e| span::Event {
+                .map(|e| Event {
                     time_unix_nano: e.time_unix_nano,
-                    name: e.name,
+                    name: e.name.into(),
                     attributes: attrs_into_proto(e.attributes),
                     dropped_attributes_count: e.dropped_attributes_count,
                 })
@@ -626,7 +631,7 @@ impl JSpan {
             links,
             dropped_links_count: self.dropped_links_count,
             status: self.status.map(|s| Status {
-                message: s.message,
+                message: s.message.into(),
                 code: s.code,
             }),
         })
@@ -636,10 +641,10 @@ impl JSpan {
         Self {
             trace_id: hex::encode(&s.trace_id),
             span_id: hex::encode(&s.span_id),
-            trace_state: s.trace_state.clone(),
+            trace_state: owned(&s.trace_state),
             parent_span_id: hex::encode(&s.parent_span_id),
             flags: s.flags,
-            name: s.name.clone(),
+            name: owned(&s.name),
             kind: s.kind,
             start_time_unix_nano: s.start_time_unix_nano,
             end_time_unix_nano: s.end_time_unix_nano,
@@ -650,7 +655,7 @@ impl JSpan {
                 .iter()
                 .map(|e| JEvent {
                     time_unix_nano: e.time_unix_nano,
-                    name: e.name.clone(),
+                    name: owned(&e.name),
                     attributes: e.attributes.iter().map(JKeyValue::from_proto).collect(),
                     dropped_attributes_count: e.dropped_attributes_count,
                 })
@@ -662,7 +667,7 @@ impl JSpan {
                 .map(|l| JLink {
                     trace_id: hex::encode(&l.trace_id),
                     span_id: hex::encode(&l.span_id),
-                    trace_state: l.trace_state.clone(),
+                    trace_state: owned(&l.trace_state),
                     attributes: l.attributes.iter().map(JKeyValue::from_proto).collect(),
                     dropped_attributes_count: l.dropped_attributes_count,
                     flags: l.flags,
@@ -670,7 +675,7 @@ impl JSpan {
                 .collect(),
             dropped_links_count: s.dropped_links_count,
             status: s.status.as_ref().map(|st| JStatus {
-                message: st.message.clone(),
+                message: owned(&st.message),
                 code: st.code,
             }),
         }
@@ -680,8 +685,8 @@ impl JSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::ExportTraceServiceRequest;
     use crate::testkit;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn one_span(span: serde_json::Value) -> Vec<u8> {
         serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
@@ -694,15 +699,13 @@ mod tests {
         let mut request = testkit::request(3, 4, 3, 200);
         let span = &mut request.resource_spans[0].scope_spans[0].spans[1];
         span.attributes.push(KeyValue {
-            key: "blob".into(),
-            key_strindex: 0,
+            key: Bytes::from_static(b"blob"),
             value: Some(AnyValue {
-                value: Some(Value::BytesValue(vec![0, 255, 7])),
+                value: Some(Value::BytesValue(Bytes::from_static(&[0, 255, 7]))),
             }),
         });
         span.attributes.push(KeyValue {
-            key: "nested".into(),
-            key_strindex: 0,
+            key: Bytes::from_static(b"nested"),
             value: Some(AnyValue {
                 value: Some(Value::KvlistValue(KeyValueList {
                     values: vec![testkit::kv("a", "b"), testkit::kv_int("n", -5)],
@@ -710,7 +713,7 @@ mod tests {
             }),
         });
         span.status = Some(Status {
-            message: "bad".into(),
+            message: Bytes::from_static(b"bad"),
             code: 2,
         });
         let text = serde_json::to_vec(&serde_json::json!({

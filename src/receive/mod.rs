@@ -24,9 +24,9 @@ use std::time::{Duration, SystemTime};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 
 use crate::model::{Protocol, ReceiveMeta, SpanBatch};
+use crate::otlp::ResourceSpans;
 use crate::telemetry::metrics::{Metrics, ReceiverMetrics, RefuseReason};
 use validate::Rejection;
 

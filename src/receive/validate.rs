@@ -12,7 +12,7 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use crate::otlp::{ResourceSpans, Span};
 
 use crate::model::{Origin, SpanGroup, TraceId, TraceSpans};
 
@@ -274,11 +274,11 @@ mod tests {
             span(1, 2, &[1, 2, 3]),
             end_before_start,
             Span {
-                trace_id: vec![1; 15],
+                trace_id: vec![1; 15].into(),
                 ..span(1, 6, &[])
             },
             Span {
-                span_id: vec![1; 9],
+                span_id: vec![1; 9].into(),
                 ..span(1, 7, &[])
             },
         ]]);

@@ -13,12 +13,12 @@
 
 use std::path::PathBuf;
 
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, SinkError, SinkInput};
 use crate::model::{SpanBatch, TraceSpans};
+use crate::otlp::ResourceSpans;
 use crate::receive::json::JsonResourceSpans;
 use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;

@@ -3,12 +3,11 @@
 
 use std::io::Write;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use prost::Message;
 use serde_json::{Value, json};
+use traceloom::otlp::ExportTraceServiceRequest;
 use traceloom::testkit;
 
 use crate::harness::{Collector, Settings, metric, spans};
@@ -296,7 +295,11 @@ async fn mixed_valid_and_invalid_spans_get_exact_partial_success_over_http() {
 async fn mixed_valid_and_invalid_spans_get_exact_partial_success_over_grpc() {
     let c = small_limit_collector().await;
     let mut client = TraceServiceClient::connect(c.grpc_url()).await.unwrap();
-    let answer = client.export(mixed_request()).await.unwrap().into_inner();
+    let answer = client
+        .export(testkit::upstream(&mixed_request()))
+        .await
+        .unwrap()
+        .into_inner();
     let partial = answer.partial_success.unwrap();
     assert_eq!(partial.rejected_spans, 4);
     assert!(
@@ -316,23 +319,52 @@ async fn grpc_oversize_and_gzip_bomb_are_resource_exhausted() {
         .unwrap()
         .max_encoding_message_size(64 << 20);
     let err = client
-        .export(testkit::request(1, 50, 4, 400))
+        .export(testkit::upstream(&testkit::request(1, 50, 4, 400)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
     assert!(err.message().contains("65536"), "{}", err.message());
     // A request whose gzip form is small but which inflates past the limit.
     let mut bomb = testkit::request(2, 1, 1, 100);
-    bomb.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(8 << 20);
+    bomb.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(8 << 20).into();
     let mut gz = client.send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let err = gz.export(bomb).await.unwrap_err();
+    let err = gz.export(testkit::upstream(&bomb)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     let ok = gz
-        .export(testkit::request(3, 1, 2, 100))
+        .export(testkit::upstream(&testkit::request(3, 1, 2, 100)))
         .await
         .unwrap()
         .into_inner();
     assert!(ok.partial_success.is_none());
     c.wait_for_spans(2).await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_one_attribute_does_not_refuse_the_request() {
+    let c = small_limit_collector().await;
+    let mut request = testkit::request(5, 1, 2, 100);
+    let span = &mut request.resource_spans[0].scope_spans[0].spans[1];
+    span.attributes.push(testkit::kv("note", "x"));
+    let last = span.attributes.len() - 1;
+    span.attributes[last].value = Some(traceloom::otlp::AnyValue {
+        value: Some(traceloom::otlp::Value::StringValue(
+            bytes::Bytes::from_static(b"caf\xe9"),
+        )),
+    });
+    let resp = send(&c, request.encode_to_vec(), &[PROTO]).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "a strict decoder would answer 400 for the whole request"
+    );
+    let delivered = spans(&c.wait_for_spans(2).await);
+    let note = delivered[1]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == "note")
+        .unwrap();
+    assert_eq!(note["value"]["stringValue"], "caf\u{fffd}");
     c.stop().await;
 }

@@ -82,7 +82,7 @@ async fn a_blocked_sink_pushes_back_then_delivers_everything_accepted() {
 
     let mut grpc = TraceServiceClient::connect(c.grpc_url()).await.unwrap();
     let err = grpc
-        .export(testkit::request(999, 10, 8, 400))
+        .export(testkit::upstream(&testkit::request(999, 10, 8, 400)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable);
