@@ -283,8 +283,10 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_read_lossily_not_refused() {
-        let mut span = Span::default();
-        span.name = Bytes::from_static(b"ok \xff name");
+        let span = Span {
+            name: Bytes::from_static(b"ok \xff name"),
+            ..Span::default()
+        };
         let body = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 scope_spans: vec![ScopeSpans {
