@@ -43,6 +43,8 @@ pub struct Settings {
     pub admission_timeout: &'static str,
     /// The debug sink's output; `None` = a file in the temp dir.
     pub sink_path: Option<PathBuf>,
+    /// Origins allowed by CORS on the HTTP receiver; `None` = no CORS section.
+    pub cors_origin: Option<&'static str>,
 }
 
 impl Default for Settings {
@@ -52,6 +54,7 @@ impl Default for Settings {
             queue_bytes: "64MiB",
             admission_timeout: "500ms",
             sink_path: None,
+            cors_origin: None,
         }
     }
 }
@@ -68,7 +71,7 @@ receivers:
       max_message_size: {body}
     http:
       endpoint: 127.0.0.1:0
-      max_body_size: {body}
+      max_body_size: {body}{cors}
 admin:
   endpoint: 127.0.0.1:0
 pipelines:
@@ -87,6 +90,9 @@ shutdown_timeout: 20s
         queue = s.queue_bytes,
         wait = s.admission_timeout,
         out = out.display(),
+        cors = s.cors_origin.map_or(String::new(), |o| {
+            format!("\n      cors:\n        allowed_origins: [\"{o}\"]\n        max_age: 10m")
+        }),
     )
 }
 

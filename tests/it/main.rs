@@ -5,5 +5,6 @@ mod captures;
 mod cli;
 mod exporters;
 mod harness;
+mod http_extras;
 mod overload;
 mod shutdown;
