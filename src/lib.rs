@@ -19,6 +19,7 @@ pub mod config;
 pub mod model;
 pub mod otlp;
 pub mod receive;
+pub mod server;
 pub mod sink;
 pub mod telemetry;
 #[doc(hidden)]

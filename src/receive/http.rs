@@ -7,7 +7,6 @@
 //! 503 + `Retry-After` when a pipeline is full. Error bodies are `google.rpc.Status` in the
 //! request's encoding, with a message that says what failed.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -20,14 +19,13 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::decode::{self, ContentEncoding, ContentType, DecodeError};
 use super::{EXPERIMENT_HEADER, Exporter, SubmitError};
 use crate::config::units::{ByteSize, HumanDuration};
 use crate::model::Protocol;
+use crate::server::BoundServer;
 use crate::telemetry::metrics::RefuseReason;
 
 /// The OTLP/HTTP path for traces.
@@ -66,12 +64,6 @@ pub struct CorsConfig {
     pub max_age: Option<HumanDuration>,
 }
 
-/// A bound, not yet serving, HTTP receiver.
-pub struct HttpReceiver {
-    listener: TcpListener,
-    router: Router,
-}
-
 struct HttpState {
     exporter_proto: Exporter,
     exporter_json: Exporter,
@@ -87,8 +79,7 @@ impl HttpConfig {
     /// # Errors
     ///
     /// The bind error, or an invalid CORS origin.
-    pub async fn build(&self, exporters: [Exporter; 2]) -> std::io::Result<HttpReceiver> {
-        let listener = TcpListener::bind(&self.endpoint).await?;
+    pub async fn build(&self, exporters: [Exporter; 2]) -> std::io::Result<BoundServer> {
         let [exporter_proto, exporter_json] = exporters;
         let state = Arc::new(HttpState {
             exporter_proto,
@@ -102,7 +93,7 @@ impl HttpConfig {
         if let Some(cors) = &self.cors {
             router = router.layer(cors_layer(cors)?);
         }
-        Ok(HttpReceiver { listener, router })
+        BoundServer::bind(&self.endpoint, router).await
     }
 }
 
@@ -136,26 +127,6 @@ fn cors_layer(cors: &CorsConfig) -> std::io::Result<CorsLayer> {
         layer = layer.max_age(age.0);
     }
     Ok(layer)
-}
-
-impl HttpReceiver {
-    /// The bound address (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
-    }
-
-    /// Serves until `shutdown` is cancelled, then finishes in-flight requests and returns.
-    ///
-    /// # Errors
-    ///
-    /// A fatal I/O error of the listener.
-    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    }
 }
 
 /// An error answer: HTTP status, `google.rpc.Status` code and message.

@@ -439,6 +439,10 @@ fn attrs_into_proto(attrs: Vec<JKeyValue>) -> Vec<KeyValue> {
     attrs.into_iter().map(JKeyValue::into_proto).collect()
 }
 
+fn attrs_from_proto(attrs: &[KeyValue]) -> Vec<JKeyValue> {
+    attrs.iter().map(JKeyValue::from_proto).collect()
+}
+
 impl JKeyValue {
     fn into_proto(self) -> KeyValue {
         KeyValue {
@@ -492,7 +496,7 @@ impl JAnyValue {
             }
             Some(Value::KvlistValue(kvs)) => {
                 out.kvlist_value = Some(JValues {
-                    values: kvs.values.iter().map(JKeyValue::from_proto).collect(),
+                    values: attrs_from_proto(&kvs.values),
                 })
             }
             Some(Value::BytesValue(b)) => out.bytes_value = Some(b.to_vec()),
@@ -541,7 +545,7 @@ impl JResourceSpans {
     fn from_proto(rs: &ResourceSpans) -> Self {
         Self {
             resource: rs.resource.as_ref().map(|r| JResource {
-                attributes: r.attributes.iter().map(JKeyValue::from_proto).collect(),
+                attributes: attrs_from_proto(&r.attributes),
                 dropped_attributes_count: r.dropped_attributes_count,
             }),
             scope_spans: rs.scope_spans.iter().map(JScopeSpans::from_proto).collect(),
@@ -582,7 +586,7 @@ impl JScopeSpans {
             scope: ss.scope.as_ref().map(|sc| JScope {
                 name: owned(&sc.name),
                 version: owned(&sc.version),
-                attributes: sc.attributes.iter().map(JKeyValue::from_proto).collect(),
+                attributes: attrs_from_proto(&sc.attributes),
                 dropped_attributes_count: sc.dropped_attributes_count,
             }),
             spans: ss.spans.iter().map(JSpan::from_proto).collect(),
@@ -648,7 +652,7 @@ impl JSpan {
             kind: s.kind,
             start_time_unix_nano: s.start_time_unix_nano,
             end_time_unix_nano: s.end_time_unix_nano,
-            attributes: s.attributes.iter().map(JKeyValue::from_proto).collect(),
+            attributes: attrs_from_proto(&s.attributes),
             dropped_attributes_count: s.dropped_attributes_count,
             events: s
                 .events
@@ -656,7 +660,7 @@ impl JSpan {
                 .map(|e| JEvent {
                     time_unix_nano: e.time_unix_nano,
                     name: owned(&e.name),
-                    attributes: e.attributes.iter().map(JKeyValue::from_proto).collect(),
+                    attributes: attrs_from_proto(&e.attributes),
                     dropped_attributes_count: e.dropped_attributes_count,
                 })
                 .collect(),
@@ -668,7 +672,7 @@ impl JSpan {
                     trace_id: hex::encode(&l.trace_id),
                     span_id: hex::encode(&l.span_id),
                     trace_state: owned(&l.trace_state),
-                    attributes: l.attributes.iter().map(JKeyValue::from_proto).collect(),
+                    attributes: attrs_from_proto(&l.attributes),
                     dropped_attributes_count: l.dropped_attributes_count,
                     flags: l.flags,
                 })

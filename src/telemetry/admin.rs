@@ -4,7 +4,6 @@
 //! Collector uses for its own metrics) so that scraping never competes with ingest, and it stops
 //! last at shutdown so the final counts can still be read while pipelines drain.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,10 +13,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use http::StatusCode;
 use http::header::CONTENT_TYPE;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
+use crate::server::BoundServer;
 
 /// Whether traceloom is serving or draining, as `/health` reports it.
 #[derive(Debug, Default)]
@@ -37,48 +35,21 @@ struct AdminState {
     health: Arc<Health>,
 }
 
-/// A bound, not yet serving, admin server.
-pub struct AdminServer {
-    listener: TcpListener,
-    router: Router,
-}
-
-impl AdminServer {
-    /// Binds `endpoint`.
-    ///
-    /// # Errors
-    ///
-    /// The bind error.
-    pub async fn bind(
-        endpoint: &str,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(endpoint).await?;
-        let router = Router::new()
-            .route("/metrics", get(render_metrics))
-            .route("/health", get(health_check))
-            .with_state(Arc::new(AdminState { metrics, health }));
-        Ok(Self { listener, router })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
-    }
-
-    /// Serves until `shutdown` is cancelled.
-    ///
-    /// # Errors
-    ///
-    /// A fatal I/O error of the listener.
-    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-    }
+/// Binds the admin server on `endpoint`.
+///
+/// # Errors
+///
+/// The bind error.
+pub async fn bind(
+    endpoint: &str,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> std::io::Result<BoundServer> {
+    let router = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/health", get(health_check))
+        .with_state(Arc::new(AdminState { metrics, health }));
+    BoundServer::bind(endpoint, router).await
 }
 
 async fn render_metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

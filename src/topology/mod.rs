@@ -31,7 +31,7 @@ use crate::config::{Config, ReceiverConfig};
 use crate::model::{Protocol, SpanBatch};
 use crate::receive::{BoxFuture, Exporter, Ingest, SubmitError};
 use crate::sink::{self, SinkInput};
-use crate::telemetry::admin::{AdminServer, Health};
+use crate::telemetry::admin::{self, Health};
 use crate::telemetry::metrics::Metrics;
 use queue::{QueueRx, QueueTx, SendError};
 
@@ -269,7 +269,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
     let stop_admin = CancellationToken::new();
     let mut admin = JoinSet::new();
     if let Some(endpoint) = &config.admin.endpoint {
-        let server = AdminServer::bind(endpoint, Arc::clone(&metrics), Arc::clone(&health))
+        let server = admin::bind(endpoint, Arc::clone(&metrics), Arc::clone(&health))
             .await
             .map_err(|source| bind_error("admin".into(), endpoint, source))?;
         addresses.admin = Some(server.local_addr());
