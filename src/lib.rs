@@ -11,7 +11,8 @@
 //!
 //! The modules follow the data flow: [`receive`] (OTLP/gRPC and OTLP/HTTP), [`topology`]
 //! (wiring, bounded queues, shutdown), [`sink`] (outputs), plus [`config`] (the pipeline file),
-//! [`telemetry`] (metrics, logs, admin server) and [`model`] (the types stages share).
+//! [`telemetry`] (metrics, logs, admin server), [`model`] (the types stages share), [`otlp`] (the
+//! OTLP messages, with zero-copy string fields) and [`server`] (the bound HTTP server shape).
 
 #![warn(missing_docs, unreachable_pub)]
 
