@@ -17,6 +17,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
+pub mod mlflow;
 pub mod model;
 pub mod otlp;
 pub mod receive;

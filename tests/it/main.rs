@@ -4,6 +4,7 @@ mod bad_input;
 mod captures;
 mod cli;
 mod exporters;
+mod golden;
 mod harness;
 mod http_extras;
 mod overload;

@@ -1,0 +1,132 @@
+//! OTLP attribute values as MLflow stores them (`Span.from_otel_proto` followed by
+//! `sanitize_attributes`; `shared/reference/mlflow-trace-model.md` §0.3 and §5.2).
+//!
+//! Every span attribute is kept as a JSON-encoded string: `stored = json.dumps(decode(value))`,
+//! except that a string whose text is itself JSON for a string, object or array is stored as that
+//! text (one layer of encoding stripped). So `stringValue "7"` is stored as `"\"7\""` while
+//! `intValue 7` is stored as `"7"`, and `stringValue "{\"a\": 1}"` is stored unchanged. Readers
+//! reverse it with `json.loads`, falling back to the raw text.
+
+use base64::Engine as _;
+
+use super::json::{PyValue, dumps_str};
+use crate::otlp::{AnyValue, Value, text};
+
+/// Decodes an OTLP value the way MLflow's `_decode_otel_proto_anyvalue` does: arrays become lists,
+/// kvlists dicts, bytes base64 text, an empty value `None`.
+pub fn decode(value: Option<&AnyValue>) -> PyValue {
+    let Some(value) = value.and_then(|v| v.value.as_ref()) else {
+        return PyValue::Null;
+    };
+    match value {
+        Value::StringValue(s) => PyValue::Str(text(s).into_owned()),
+        Value::BoolValue(b) => PyValue::Bool(*b),
+        Value::IntValue(i) => PyValue::Int(*i),
+        Value::DoubleValue(d) => PyValue::Float(*d),
+        Value::BytesValue(b) => PyValue::Str(base64::engine::general_purpose::STANDARD.encode(b)),
+        Value::ArrayValue(a) => PyValue::List(a.values.iter().map(|v| decode(Some(v))).collect()),
+        Value::KvlistValue(kvs) => PyValue::dict(
+            kvs.values
+                .iter()
+                .map(|kv| (text(&kv.key).into_owned(), decode(kv.value.as_ref()))),
+        ),
+    }
+}
+
+/// The stored (JSON-encoded) form of an attribute value.
+pub fn encode(value: Option<&AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => encode_str(&text(s)),
+        _ => decode(value).dumps(),
+    }
+}
+
+/// The stored form of a string attribute: the text itself when it is JSON for a string, object
+/// or array, else its JSON encoding.
+pub fn encode_str(s: &str) -> String {
+    if is_json_container_or_string(s) {
+        s.to_string()
+    } else {
+        dumps_str(s)
+    }
+}
+
+/// Whether `json.loads(s)` would return a `str`, `dict` or `list`.
+///
+/// Only text starting (after whitespace) with `"`, `{` or `[` can, so most values are decided
+/// by one byte without parsing.
+fn is_json_container_or_string(s: &str) -> bool {
+    let head = s.trim_start_matches([' ', '\t', '\n', '\r']);
+    matches!(head.as_bytes().first(), Some(b'"' | b'{' | b'['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+}
+
+/// Reads a stored value back as MLflow's readers do: `json.loads`, else the raw text.
+pub fn read(stored: &str) -> PyValue {
+    serde_json::from_str::<serde_json::Value>(stored)
+        .map(|v| PyValue::from_json(&v))
+        .unwrap_or_else(|_| PyValue::Str(stored.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::{ArrayValue, KeyValue, KeyValueList};
+    use bytes::Bytes;
+
+    fn any(v: Value) -> AnyValue {
+        AnyValue { value: Some(v) }
+    }
+
+    fn s(text: &str) -> Value {
+        Value::StringValue(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    #[test]
+    fn stored_forms_match_mlflow() {
+        let cases: Vec<(Option<AnyValue>, &str)> = vec![
+            (Some(any(s("CHAT_MODEL"))), r#""CHAT_MODEL""#),
+            (Some(any(s("\"CHAT_MODEL\""))), r#""CHAT_MODEL""#),
+            (Some(any(s("7"))), r#""7""#),
+            (Some(any(Value::IntValue(7))), "7"),
+            (Some(any(Value::DoubleValue(2.5))), "2.5"),
+            (Some(any(Value::BoolValue(true))), "true"),
+            (Some(any(s("true"))), r#""true""#),
+            (Some(any(s(r#"{"a":1}"#))), r#"{"a":1}"#),
+            (Some(any(s(r#"[1, 2]"#))), "[1, 2]"),
+            (Some(any(s("{not json"))), r#""{not json""#),
+            (Some(any(s("héllo ✓"))), r#""héllo ✓""#),
+            (
+                Some(any(Value::BytesValue(Bytes::from_static(&[0, 255])))),
+                r#""AP8=""#,
+            ),
+            (Some(AnyValue { value: None }), "null"),
+            (None, "null"),
+            (
+                Some(any(Value::ArrayValue(ArrayValue {
+                    values: vec![any(s("a")), any(Value::IntValue(1))],
+                }))),
+                r#"["a", 1]"#,
+            ),
+            (
+                Some(any(Value::KvlistValue(KeyValueList {
+                    values: vec![KeyValue {
+                        key: Bytes::from_static(b"role"),
+                        value: Some(any(s("user"))),
+                    }],
+                }))),
+                r#"{"role": "user"}"#,
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(encode(value.as_ref()), expected, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn reading_reverses_encoding_or_falls_back_to_raw() {
+        assert_eq!(read(r#""x""#), PyValue::Str("x".into()));
+        assert_eq!(read("7"), PyValue::Int(7));
+        assert_eq!(read("not json"), PyValue::Str("not json".into()));
+    }
+}

@@ -1,0 +1,424 @@
+//! Filling MLflow's reserved span attributes from other tracing conventions, as MLflow's server
+//! does when it stores OTLP spans (`translate_span_when_storing`; reference §5.3).
+//!
+//! Each convention is a row of keys in [`TRANSLATORS`], tried in MLflow's order; the first that
+//! yields a value wins, and a reserved attribute already present is never overwritten. Order of
+//! the filled attributes follows MLflow: span type, inputs, outputs, token usage, message format,
+//! tools, model, provider.
+
+use super::attributes;
+use super::json::PyValue;
+use super::span::Attributes;
+
+/// `mlflow.spanType`.
+pub const SPAN_TYPE: &str = "mlflow.spanType";
+/// `mlflow.spanInputs`.
+pub const INPUTS: &str = "mlflow.spanInputs";
+/// `mlflow.spanOutputs`.
+pub const OUTPUTS: &str = "mlflow.spanOutputs";
+/// `mlflow.chat.tokenUsage`.
+pub const TOKEN_USAGE: &str = "mlflow.chat.tokenUsage";
+/// `mlflow.llm.model`.
+pub const MODEL: &str = "mlflow.llm.model";
+/// `mlflow.llm.provider`.
+pub const PROVIDER: &str = "mlflow.llm.provider";
+/// `mlflow.message.format`.
+pub const MESSAGE_FORMAT: &str = "mlflow.message.format";
+/// `mlflow.chat.tools`.
+pub const TOOLS: &str = "mlflow.chat.tools";
+
+/// The keys one convention uses for what MLflow needs.
+#[derive(Debug)]
+pub struct Translator {
+    /// The convention's name, for documentation and tests.
+    pub name: &'static str,
+    /// The attribute naming the kind of operation.
+    pub kind_key: &'static str,
+    /// Kind value → MLflow span type.
+    pub kinds: &'static [(&'static str, &'static str)],
+    /// Attributes holding the inputs, in priority order.
+    pub inputs: &'static [&'static str],
+    /// Attributes holding the outputs.
+    pub outputs: &'static [&'static str],
+    /// Input (prompt) token count.
+    pub input_tokens: &'static [&'static str],
+    /// Output (completion) token count.
+    pub output_tokens: &'static [&'static str],
+    /// Total token count.
+    pub total_tokens: &'static [&'static str],
+    /// Prompt tokens read from cache.
+    pub cache_read: &'static [&'static str],
+    /// Prompt tokens written to cache.
+    pub cache_write: &'static [&'static str],
+    /// Model name.
+    pub model: &'static [&'static str],
+    /// Model provider.
+    pub provider: &'static [&'static str],
+    /// Tool definitions.
+    pub tools: &'static [&'static str],
+    /// `mlflow.message.format` when the convention is recognised.
+    pub message_format: Option<&'static str>,
+}
+
+const NONE: &[&str] = &[];
+
+const EMPTY: Translator = Translator {
+    name: "",
+    kind_key: "",
+    kinds: &[],
+    inputs: NONE,
+    outputs: NONE,
+    input_tokens: NONE,
+    output_tokens: NONE,
+    total_tokens: NONE,
+    cache_read: NONE,
+    cache_write: NONE,
+    model: NONE,
+    provider: NONE,
+    tools: NONE,
+    message_format: None,
+};
+
+/// The conventions, in MLflow's `_TRANSLATORS` order (Gemini CLI, Claude Code, Spring AI, VoltAgent
+/// and LiveKit, which need heuristics beyond keys, are not included).
+pub const TRANSLATORS: &[Translator] = &[
+    Translator {
+        name: "openinference",
+        kind_key: "openinference.span.kind",
+        kinds: &[
+            ("TOOL", "TOOL"),
+            ("CHAIN", "CHAIN"),
+            ("LLM", "LLM"),
+            ("RETRIEVER", "RETRIEVER"),
+            ("EMBEDDING", "EMBEDDING"),
+            ("AGENT", "AGENT"),
+            ("RERANKER", "RERANKER"),
+            ("UNKNOWN", "UNKNOWN"),
+            ("GUARDRAIL", "GUARDRAIL"),
+            ("EVALUATOR", "EVALUATOR"),
+        ],
+        inputs: &["input.value"],
+        outputs: &["output.value"],
+        input_tokens: &["llm.token_count.prompt"],
+        output_tokens: &["llm.token_count.completion"],
+        total_tokens: &["llm.token_count.total"],
+        cache_read: &["llm.token_count.prompt_details.cache_read"],
+        cache_write: &["llm.token_count.prompt_details.cache_write"],
+        model: &[
+            "llm.response.model_name",
+            "llm.model_name",
+            "llm.request.model_name",
+            "embedding.model_name",
+        ],
+        provider: &["llm.provider"],
+        ..EMPTY
+    },
+    Translator {
+        name: "genai_semconv",
+        kind_key: "gen_ai.operation.name",
+        kinds: &[
+            ("chat", "CHAT_MODEL"),
+            ("create_agent", "AGENT"),
+            ("embeddings", "EMBEDDING"),
+            ("execute_tool", "TOOL"),
+            ("generate_content", "LLM"),
+            ("invoke_agent", "AGENT"),
+            ("text_completion", "LLM"),
+            ("response", "LLM"),
+        ],
+        inputs: &["gen_ai.input.messages", "gen_ai.tool.call.arguments"],
+        outputs: &["gen_ai.output.messages", "gen_ai.tool.call.result"],
+        input_tokens: &["gen_ai.usage.input_tokens"],
+        output_tokens: &["gen_ai.usage.output_tokens"],
+        cache_read: &["gen_ai.usage.cache_read.input_tokens"],
+        cache_write: &[
+            "gen_ai.usage.cache_write.input_tokens",
+            "gen_ai.usage.cache_creation.input_tokens",
+        ],
+        model: &["gen_ai.response.model", "gen_ai.request.model"],
+        provider: &["gen_ai.provider.name"],
+        tools: &["gen_ai.tool.definitions"],
+        ..EMPTY
+    },
+    Translator {
+        name: "traceloop",
+        kind_key: "traceloop.span.kind",
+        kinds: &[
+            ("workflow", "WORKFLOW"),
+            ("task", "TASK"),
+            ("agent", "AGENT"),
+            ("tool", "TOOL"),
+            ("unknown", "UNKNOWN"),
+        ],
+        inputs: &[
+            "traceloop.entity.input",
+            "gen_ai.prompt.*.content",
+            "gen_ai.completion.*.tool_calls.*.arguments",
+        ],
+        outputs: &["traceloop.entity.output", "gen_ai.completion.*.content"],
+        input_tokens: &["gen_ai.usage.prompt_tokens"],
+        output_tokens: &["gen_ai.usage.completion_tokens"],
+        total_tokens: &["llm.usage.total_tokens"],
+        provider: &["gen_ai.system"],
+        ..EMPTY
+    },
+    Translator {
+        name: "google_adk",
+        inputs: &[
+            "gcp.vertex.agent.llm_request",
+            "gcp.vertex.agent.tool_call_args",
+        ],
+        outputs: &[
+            "gcp.vertex.agent.llm_response",
+            "gcp.vertex.agent.tool_response",
+        ],
+        ..EMPTY
+    },
+    Translator {
+        name: "vercel_ai",
+        kind_key: "ai.operationId",
+        kinds: &[
+            ("ai.generateText", "LLM"),
+            ("ai.generateText.doGenerate", "LLM"),
+            ("ai.streamText", "LLM"),
+            ("ai.streamText.doStream", "LLM"),
+            ("ai.generateObject", "LLM"),
+            ("ai.generateObject.doGenerate", "LLM"),
+            ("ai.streamObject", "LLM"),
+            ("ai.streamObject.doStream", "LLM"),
+            ("ai.toolCall", "TOOL"),
+            ("ai.embed", "EMBEDDING"),
+            ("ai.embed.doEmbed", "EMBEDDING"),
+            ("ai.embedMany", "EMBEDDING"),
+            ("ai.embedMany.doEmbed", "EMBEDDING"),
+        ],
+        inputs: &["ai.prompt", "ai.toolCall.args", "ai.value", "ai.values"],
+        outputs: &[
+            "ai.response.text",
+            "ai.toolCall.result",
+            "ai.response.object",
+            "ai.embedding",
+            "ai.embeddings",
+        ],
+        ..EMPTY
+    },
+    Translator {
+        name: "laminar",
+        kind_key: "lmnr.span.type",
+        kinds: &[
+            ("LLM", "LLM"),
+            ("TOOL", "TOOL"),
+            ("DEFAULT", "CHAIN"),
+            ("PIPELINE", "CHAIN"),
+            ("EXECUTOR", "AGENT"),
+            ("EVALUATOR", "EVALUATOR"),
+            ("HUMAN_EVALUATOR", "EVALUATOR"),
+            ("EVALUATION", "EVALUATOR"),
+            ("CACHED", "LLM"),
+        ],
+        inputs: &["lmnr.span.input"],
+        outputs: &["lmnr.span.output"],
+        input_tokens: &["gen_ai.usage.input_tokens"],
+        output_tokens: &["gen_ai.usage.output_tokens"],
+        model: &["gen_ai.response.model", "gen_ai.request.model"],
+        provider: &["gen_ai.system"],
+        message_format: Some("openai"),
+        ..EMPTY
+    },
+    Translator {
+        name: "langfuse",
+        kind_key: "langfuse.observation.type",
+        kinds: &[
+            ("generation", "LLM"),
+            ("embedding", "EMBEDDING"),
+            ("tool", "TOOL"),
+            ("retriever", "RETRIEVER"),
+            ("agent", "AGENT"),
+            ("chain", "CHAIN"),
+            ("evaluator", "EVALUATOR"),
+            ("guardrail", "GUARDRAIL"),
+            ("span", "UNKNOWN"),
+        ],
+        inputs: &["langfuse.observation.input"],
+        outputs: &["langfuse.observation.output"],
+        ..EMPTY
+    },
+];
+
+/// Whether Python would find the value truthy.
+fn truthy(v: &PyValue) -> bool {
+    match v {
+        PyValue::Null => false,
+        PyValue::Bool(b) => *b,
+        PyValue::Int(i) => *i != 0,
+        PyValue::Float(f) => *f != 0.0,
+        PyValue::Str(s) => !s.is_empty(),
+        PyValue::List(l) => !l.is_empty(),
+        PyValue::Dict(d) => !d.is_empty(),
+    }
+}
+
+/// A stored value unless MLflow treats it as missing: absent, or JSON for a falsy value (`null`,
+/// `{}`, `[]`, `""`, `0`, `false`).
+fn present<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a String> {
+    attrs
+        .get(key)
+        .filter(|stored| truthy(&attributes::read(stored)))
+}
+
+/// Whether `key` matches `pattern`, where `*` stands for a run of digits (Traceloop numbers its
+/// prompts: `gen_ai.prompt.0.content`).
+fn matches(pattern: &str, key: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = key.strip_prefix(first) else {
+        return false;
+    };
+    for part in parts {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits == 0 {
+            return false;
+        }
+        let Some(after) = rest[digits..].strip_prefix(part) else {
+            return false;
+        };
+        rest = after;
+    }
+    rest.is_empty()
+}
+
+fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a String> {
+    keys.iter().find_map(|k| {
+        if k.contains('*') {
+            attrs
+                .iter()
+                .find(|(key, stored)| matches(k, key) && truthy(&attributes::read(stored)))
+                .map(|(_, v)| v)
+        } else {
+            present(attrs, k)
+        }
+    })
+}
+
+/// A token count as MLflow's `_parse_int_attribute` reads it: an integer, or a string holding one.
+fn count(attrs: &Attributes, keys: &[&str]) -> Option<i64> {
+    keys.iter()
+        .find_map(|k| match attributes::read(attrs.get(*k)?) {
+            PyValue::Int(i) => Some(i),
+            PyValue::Str(s) => s.trim().parse().ok(),
+            _ => None,
+        })
+}
+
+/// The MLflow span type `t` recognises from its kind attribute, if any.
+fn span_type(attrs: &Attributes, t: &Translator) -> Option<&'static str> {
+    if t.kind_key.is_empty() {
+        return None;
+    }
+    let PyValue::Str(kind) = attributes::read(attrs.get(t.kind_key)?) else {
+        return None;
+    };
+    t.kinds.iter().find(|(k, _)| *k == kind).map(|(_, ty)| *ty)
+}
+
+fn usage(attrs: &Attributes, t: &Translator) -> Option<PyValue> {
+    let input = count(attrs, t.input_tokens);
+    let output = count(attrs, t.output_tokens);
+    let total = count(attrs, t.total_tokens).or(match (input, output) {
+        (Some(i), Some(o)) => Some(i + o),
+        _ => None,
+    });
+    let fields: Vec<(String, PyValue)> = [
+        ("input_tokens", input),
+        ("output_tokens", output),
+        ("total_tokens", total),
+        ("cache_read_input_tokens", count(attrs, t.cache_read)),
+        ("cache_creation_input_tokens", count(attrs, t.cache_write)),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| Some((k.to_string(), PyValue::Int(v?))))
+    .collect();
+    (input.is_some() || output.is_some() || total.is_some()).then_some(PyValue::Dict(fields))
+}
+
+/// `inputs["model"]` or `outputs["model"]`, MLflow's fallback for the model name.
+fn model_from_io(attrs: &Attributes) -> Option<String> {
+    [INPUTS, OUTPUTS]
+        .iter()
+        .find_map(|k| match attributes::read(attrs.get(*k)?) {
+            PyValue::Dict(entries) => entries.into_iter().find_map(|(key, v)| match v {
+                PyValue::Str(m) if key == "model" && !m.is_empty() => Some(m),
+                _ => None,
+            }),
+            _ => None,
+        })
+}
+
+/// Fills the reserved MLflow attributes that are absent from `attrs` from the first convention
+/// that provides them.
+pub fn translate(attrs: &mut Attributes) {
+    let needs_type = attrs
+        .get(SPAN_TYPE)
+        .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
+    if needs_type && let Some(ty) = TRANSLATORS.iter().find_map(|t| span_type(attrs, t)) {
+        attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty));
+    }
+    for (key, pick) in [
+        (
+            INPUTS,
+            (|t: &Translator| t.inputs) as fn(&Translator) -> &'static [&'static str],
+        ),
+        (OUTPUTS, |t: &Translator| t.outputs),
+    ] {
+        if !attrs.contains_key(key)
+            && let Some(v) = TRANSLATORS
+                .iter()
+                .find_map(|t| first_present(attrs, pick(t)))
+        {
+            attrs.insert(key.into(), v.clone());
+        }
+    }
+    if !attrs.contains_key(TOKEN_USAGE)
+        && let Some(u) = TRANSLATORS.iter().find_map(|t| usage(attrs, t))
+    {
+        attrs.insert(TOKEN_USAGE.into(), u.dumps());
+    }
+    let recognised = || {
+        TRANSLATORS
+            .iter()
+            .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
+    };
+    if !attrs.contains_key(MESSAGE_FORMAT)
+        && let Some(format) = recognised().find_map(|t| t.message_format)
+    {
+        attrs.insert(MESSAGE_FORMAT.into(), super::json::dumps_str(format));
+    }
+    if !attrs.contains_key(TOOLS)
+        && let Some(v) = TRANSLATORS
+            .iter()
+            .find_map(|t| first_present(attrs, t.tools))
+    {
+        attrs.insert(TOOLS.into(), v.clone());
+    }
+    // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
+    if !attrs.contains_key(MODEL) {
+        let model = TRANSLATORS
+            .iter()
+            .find_map(|t| first_present(attrs, t.model))
+            .map(|v| attributes::read(v).dumps())
+            .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
+        if let Some(m) = model {
+            attrs.insert(MODEL.into(), m);
+        }
+    }
+    if !attrs.contains_key(PROVIDER)
+        && let Some(v) = TRANSLATORS
+            .iter()
+            .find_map(|t| first_present(attrs, t.provider))
+    {
+        let provider = attributes::read(v).dumps();
+        attrs.insert(PROVIDER.into(), provider);
+    }
+}

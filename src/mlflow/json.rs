@@ -1,0 +1,264 @@
+//! JSON text exactly as Python's `json.dumps` writes it, the way MLflow encodes attribute values,
+//! token usage and cost: `", "` and `": "` separators, Python's float repr (`1.5e-06`, `2.0`,
+//! `1e+16`), `NaN`/`Infinity` literals, and non-ASCII characters unescaped (`ensure_ascii=False`,
+//! as `dump_span_attribute_value` sets it).
+//!
+//! Matching the bytes matters: MLflow stores these strings verbatim, and readers compare them.
+
+use std::fmt::Write as _;
+
+/// A JSON value as MLflow builds it from OTLP attributes and its own aggregates.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PyValue {
+    /// `None`.
+    Null,
+    /// `True` / `False`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A list.
+    List(Vec<PyValue>),
+    /// A dict, in insertion order; a repeated key keeps its first position and its last value.
+    Dict(Vec<(String, PyValue)>),
+}
+
+impl PyValue {
+    /// Builds a dict, folding repeated keys as a Python dict literal would.
+    pub fn dict(entries: impl IntoIterator<Item = (String, PyValue)>) -> Self {
+        let mut out: Vec<(String, PyValue)> = Vec::new();
+        for (k, v) in entries {
+            match out.iter_mut().find(|(existing, _)| *existing == k) {
+                Some(slot) => slot.1 = v,
+                None => out.push((k, v)),
+            }
+        }
+        PyValue::Dict(out)
+    }
+
+    /// `json.dumps(self, ensure_ascii=False)`.
+    pub fn dumps(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        match self {
+            PyValue::Null => out.push_str("null"),
+            PyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            PyValue::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            PyValue::Float(f) => out.push_str(&float_repr(*f)),
+            PyValue::Str(s) => write_str(s, out),
+            PyValue::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            PyValue::Dict(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write_str(k, out);
+                    out.push_str(": ");
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    /// The value as `serde_json` holds it (non-finite floats become strings, which JSON cannot
+    /// carry as numbers).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            PyValue::Null => J::Null,
+            PyValue::Bool(b) => J::Bool(*b),
+            PyValue::Int(i) => J::from(*i),
+            PyValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(J::Number)
+                .unwrap_or_else(|| J::String(float_repr(*f))),
+            PyValue::Str(s) => J::String(s.clone()),
+            PyValue::List(items) => J::Array(items.iter().map(PyValue::to_json).collect()),
+            PyValue::Dict(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Reads parsed JSON back into a `PyValue` (integers that fit stay integers).
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        use serde_json::Value as J;
+        match v {
+            J::Null => PyValue::Null,
+            J::Bool(b) => PyValue::Bool(*b),
+            J::Number(n) => n
+                .as_i64()
+                .map(PyValue::Int)
+                .unwrap_or_else(|| PyValue::Float(n.as_f64().unwrap_or(f64::NAN))),
+            J::String(s) => PyValue::Str(s.clone()),
+            J::Array(items) => PyValue::List(items.iter().map(PyValue::from_json).collect()),
+            J::Object(map) => PyValue::Dict(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), PyValue::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Writes `s` as a JSON string literal with Python's escapes (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`,
+/// `\f`, other control characters as `\u00xx`) and everything else verbatim.
+pub fn write_str(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `json.dumps(s)` for a string.
+pub fn dumps_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    write_str(s, &mut out);
+    out
+}
+
+/// Python's `repr(float)`: the shortest digits that round-trip, in fixed notation when the
+/// decimal exponent is in [-4, 16), else scientific with a signed two-digit exponent.
+pub fn float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e-6".
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci
+        .split_once('e')
+        .expect("`{:e}` always writes an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` writes a decimal exponent");
+    let (sign, mantissa) = mantissa
+        .strip_prefix('-')
+        .map_or(("", mantissa), |m| ("-", m));
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut out = String::from(sign);
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let point = exp as usize + 1;
+            if digits.len() > point {
+                out.push_str(&digits[..point]);
+                out.push('.');
+                out.push_str(&digits[point..]);
+            } else {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', point - digits.len()));
+                out.push_str(".0");
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_like_python_repr() {
+        for (f, expected) in [
+            (1.5e-06, "1.5e-06"),
+            (7.349999999999999e-06, "7.349999999999999e-06"),
+            (2.7e-06, "2.7e-06"),
+            (2.0, "2.0"),
+            (2.5, "2.5"),
+            (0.1, "0.1"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (123456789.0, "123456789.0"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (12345678901234567.0, "1.2345678901234568e+16"),
+            (-3.25, "-3.25"),
+            (1e300, "1e+300"),
+            (-0.0, "-0.0"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ] {
+            assert_eq!(float_repr(f), expected, "{f:e}");
+        }
+    }
+
+    #[test]
+    fn dumps_uses_python_separators_and_escapes() {
+        let v = PyValue::dict([
+            ("a".to_string(), PyValue::Int(2)),
+            (
+                "b".into(),
+                PyValue::List(vec![
+                    PyValue::Bool(true),
+                    PyValue::Null,
+                    PyValue::Float(0.5),
+                ]),
+            ),
+            ("ünï".into(), PyValue::Str("line\n\t\"q\" \u{1} ✓".into())),
+        ]);
+        assert_eq!(
+            v.dumps(),
+            r#"{"a": 2, "b": [true, null, 0.5], "ünï": "line\n\t\"q\" \u0001 ✓"}"#
+        );
+    }
+
+    #[test]
+    fn repeated_dict_keys_keep_first_position_and_last_value() {
+        let v = PyValue::dict([
+            ("k".to_string(), PyValue::Int(1)),
+            ("j".into(), PyValue::Int(2)),
+            ("k".into(), PyValue::Int(3)),
+        ]);
+        assert_eq!(v.dumps(), r#"{"k": 3, "j": 2}"#);
+    }
+}

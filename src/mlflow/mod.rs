@@ -1,0 +1,20 @@
+//! OTLP spans → MLflow traces, following MLflow's own ingest rules
+//! (`shared/reference/mlflow-trace-model.md`).
+//!
+//! - [`span`]: one OTLP span → MLflow `Span` (`Span.from_otel_proto` + `sanitize_attributes`),
+//!   with [`conventions`] filling `mlflow.spanType`, inputs, outputs, token usage, model and
+//!   provider from GenAI semconv, OpenInference, Traceloop and others.
+//! - [`trace`]: a trace's spans → `TraceInfo` (state, times, previews, session, user, usage, tags),
+//!   a pure function of the spans so it can be recomputed when a late span arrives.
+//! - [`attributes`] and [`json`]: MLflow's JSON-in-string attribute encoding, byte for byte.
+//!
+//! The output serializes (serde) to exactly the JSON of MLflow's `Trace.to_dict()`.
+
+pub mod attributes;
+pub mod conventions;
+pub mod json;
+pub mod preview;
+pub mod span;
+pub mod trace;
+
+pub use trace::{LimitReport, Trace, build};

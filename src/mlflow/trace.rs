@@ -1,0 +1,399 @@
+//! MLflow's trace (`Trace.to_dict()`: `info` + `data.spans`) and the derivation of its
+//! `TraceInfo` from the spans alone, so that it can run again whenever a late span arrives.
+//!
+//! Rules follow MLflow's server (`_log_spans_once`; reference §4 and §5.4), computed over the
+//! whole trace rather than merged request by request: state from the root, time range over all
+//! spans, previews from the root, session and user from the first span carrying them, tree-aware
+//! token usage, resource attributes as tags. Where MLflow rejects a whole batch (a session id
+//! over 250 characters) only that field is dropped, and counted.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, UNIX_EPOCH};
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use super::attributes;
+use super::conventions::{INPUTS, OUTPUTS, TOKEN_USAGE};
+use super::json::PyValue;
+use super::preview::{preview, truncate};
+use super::span::{Span, StatusCode, mlflow_trace_id};
+use crate::model::{Origin, SpanGroup, SpanId, TraceId};
+use crate::otlp::{Value, text};
+
+/// Longest tag key MLflow accepts.
+pub const MAX_TAG_KEY: usize = 250;
+/// Longest tag value MLflow keeps (server side).
+pub const MAX_TAG_VALUE: usize = 8000;
+/// Longest metadata value MLflow keeps.
+pub const MAX_METADATA_VALUE: usize = 250;
+/// Longest session id MLflow accepts.
+pub const MAX_SESSION_ID: usize = 250;
+
+/// A whole MLflow trace.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trace {
+    /// Trace-level information.
+    pub info: TraceInfo,
+    /// The spans.
+    pub data: TraceData,
+}
+
+/// `data`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceData {
+    /// Spans ordered by start time.
+    pub spans: Vec<Span>,
+}
+
+/// `TraceInfo` V3, serialized with proto3 JSON rules (empty maps and unset fields omitted).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceInfo {
+    /// `tr-<32 hex>`.
+    pub trace_id: String,
+    /// Never known from OTLP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
+    /// The MLflow experiment.
+    pub trace_location: TraceLocation,
+    /// Start of the earliest span, RFC 3339 UTC with millisecond precision.
+    pub request_time: String,
+    /// `OK`, `ERROR` or `IN_PROGRESS`.
+    pub state: TraceState,
+    /// Immutable key/values.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub trace_metadata: IndexMap<String, String>,
+    /// Mutable key/values.
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub tags: IndexMap<String, String>,
+    /// Preview of the root's inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_preview: Option<String>,
+    /// Preview of the root's outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_preview: Option<String>,
+    /// From the earliest start to the latest end, in milliseconds.
+    pub execution_duration_ms: i64,
+}
+
+/// `trace_location` of type `MLFLOW_EXPERIMENT`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TraceLocation {
+    /// Always `MLFLOW_EXPERIMENT`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The experiment.
+    pub mlflow_experiment: Experiment,
+}
+
+/// `mlflow_experiment`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Experiment {
+    /// MLflow experiment id (a string of digits in OSS MLflow).
+    pub experiment_id: String,
+}
+
+/// Trace state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TraceState {
+    /// The root ended OK or UNSET.
+    Ok,
+    /// The root ended in error.
+    Error,
+    /// No root span yet.
+    InProgress,
+}
+
+/// What the derivation had to change to respect MLflow's limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LimitReport {
+    /// Session id longer than 250 characters, left out (MLflow refuses the whole batch).
+    pub session_rejected: bool,
+    /// Tags dropped for a key over 250 characters.
+    pub tags_dropped: usize,
+    /// Tag values cut to 8000 characters.
+    pub tags_truncated: usize,
+    /// Metadata values cut to 250 characters.
+    pub metadata_truncated: usize,
+}
+
+/// Where the experiment id comes from when no header names it.
+pub const EXPERIMENT_RESOURCE_ATTRIBUTE: &str = "mlflow.experimentId";
+
+/// Builds the MLflow trace of `trace_id` from its spans (any order, one entry per span id).
+///
+/// `experiment` is the `x-mlflow-experiment-id` header if one came with the spans; else the
+/// resource attribute `mlflow.experimentId`; else `default_experiment`.
+pub fn build(
+    trace_id: TraceId,
+    groups: &[SpanGroup],
+    experiment: Option<&str>,
+    default_experiment: &str,
+) -> (Trace, LimitReport) {
+    let mut spans: Vec<(&Origin, Span)> = groups
+        .iter()
+        .flat_map(|g| {
+            g.spans
+                .iter()
+                .map(move |s| (&*g.origin, Span::from_otlp(trace_id, s)))
+        })
+        .collect();
+    spans.sort_by_key(|(_, s)| s.start_time_unix_nano);
+    let mut report = LimitReport::default();
+    let root = spans.iter().position(|(_, s)| s.parent_span_id.is_none());
+    let start_ms = spans
+        .iter()
+        .map(|(_, s)| s.start_time_unix_nano)
+        .min()
+        .unwrap_or(0)
+        / 1_000_000;
+    let end_ms = spans
+        .iter()
+        .map(|(_, s)| s.end_time_unix_nano)
+        .max()
+        .unwrap_or(0)
+        / 1_000_000;
+    let state = match root.map(|i| spans[i].1.status.code) {
+        None => TraceState::InProgress,
+        Some(StatusCode::Error) => TraceState::Error,
+        Some(_) => TraceState::Ok,
+    };
+    let root_span = root.map(|i| &spans[i].1);
+    let experiment_id = experiment
+        .map(str::to_string)
+        .or_else(|| {
+            spans
+                .iter()
+                .find_map(|(o, _)| resource_str(o, EXPERIMENT_RESOURCE_ATTRIBUTE))
+        })
+        .unwrap_or_else(|| default_experiment.to_string());
+    let info = TraceInfo {
+        trace_id: mlflow_trace_id(&trace_id),
+        client_request_id: None,
+        trace_location: TraceLocation {
+            kind: "MLFLOW_EXPERIMENT",
+            mlflow_experiment: Experiment { experiment_id },
+        },
+        request_time: timestamp(start_ms),
+        state,
+        trace_metadata: metadata(&spans, root_span, &mut report),
+        tags: tags(&spans, root, &mut report),
+        request_preview: root_span
+            .and_then(|r| r.attributes.get(INPUTS))
+            .map(|s| preview(s, "user")),
+        response_preview: root_span
+            .and_then(|r| r.attributes.get(OUTPUTS))
+            .map(|s| preview(s, "assistant")),
+        execution_duration_ms: end_ms.saturating_sub(start_ms) as i64,
+    };
+    let spans = spans.into_iter().map(|(_, s)| s).collect();
+    (
+        Trace {
+            info,
+            data: TraceData { spans },
+        },
+        report,
+    )
+}
+
+/// Protobuf `Timestamp` JSON: no fraction for whole seconds, else milliseconds.
+fn timestamp(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    if ms.is_multiple_of(1000) {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+fn resource_str(origin: &Origin, key: &str) -> Option<String> {
+    origin
+        .resource
+        .as_ref()?
+        .attributes
+        .iter()
+        .find(|kv| &kv.key[..] == key.as_bytes())
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(text(s).into_owned()),
+            _ => None,
+        })
+}
+
+/// A span attribute as a plain string: JSON strings unwrapped, anything else its JSON text.
+fn attribute_text(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .get(key)
+        .map(|stored| match attributes::read(stored) {
+            PyValue::Str(s) => s,
+            other => other.dumps(),
+        })
+}
+
+fn metadata(
+    spans: &[(&Origin, Span)],
+    root: Option<&Span>,
+    report: &mut LimitReport,
+) -> IndexMap<String, String> {
+    let mut md = IndexMap::new();
+    md.insert("mlflow.trace_schema.version".to_string(), "3".to_string());
+    // `session.id` on any span wins over `gen_ai.conversation.id`, MLflow's fallback; taking it
+    // from the trace rather than from the first request keeps the result independent of arrival
+    // order.
+    let session = spans
+        .iter()
+        .find_map(|(_, s)| attribute_text(s, "session.id"))
+        .or_else(|| {
+            spans
+                .iter()
+                .find_map(|(_, s)| attribute_text(s, "gen_ai.conversation.id"))
+        });
+    match session {
+        Some(s) if s.chars().count() > MAX_SESSION_ID => report.session_rejected = true,
+        Some(s) => {
+            md.insert("mlflow.trace.session".into(), s);
+        }
+        None => {}
+    }
+    if let Some(user) = spans.iter().find_map(|(_, s)| attribute_text(s, "user.id")) {
+        md.insert("mlflow.trace.user".into(), user);
+    }
+    if let Some(usage) = token_usage(spans.iter().map(|(_, s)| s)) {
+        md.insert("mlflow.trace.tokenUsage".into(), usage.dumps());
+    }
+    if let Some(root) = root {
+        for (key, attr) in [
+            ("mlflow.traceInputs", INPUTS),
+            ("mlflow.traceOutputs", OUTPUTS),
+        ] {
+            let value = root.attributes.get(attr).cloned().unwrap_or_default();
+            md.insert(key.into(), value);
+        }
+    }
+    for value in md.values_mut() {
+        if value.chars().count() > MAX_METADATA_VALUE {
+            *value = truncate(value, MAX_METADATA_VALUE);
+            report.metadata_truncated += 1;
+        }
+    }
+    md
+}
+
+fn tags(
+    spans: &[(&Origin, Span)],
+    root: Option<usize>,
+    report: &mut LimitReport,
+) -> IndexMap<String, String> {
+    let mut tags = IndexMap::new();
+    // Resource attributes of every span's origin; the root's are applied last, so they win.
+    let mut seen: HashSet<*const Origin> = HashSet::new();
+    let order = spans
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != root)
+        .chain(root.map(|i| (i, &spans[i])));
+    for (_, (origin, _)) in order {
+        if !seen.insert(*origin as *const Origin) {
+            continue;
+        }
+        for kv in origin.resource.iter().flat_map(|r| &r.attributes) {
+            let key = text(&kv.key);
+            if key.starts_with("telemetry.sdk.") || key.starts_with("mlflow.") {
+                continue;
+            }
+            let value = match attributes::decode(kv.value.as_ref()) {
+                PyValue::Str(s) => s,
+                other => other.dumps(),
+            };
+            tags.insert(key.into_owned(), value);
+        }
+    }
+    if let Some(root) = root.map(|i| &spans[i].1) {
+        for (key, _) in root.attributes.iter() {
+            if let Some(tag) = key.strip_prefix("mlflow.traceTag.") {
+                let value = attribute_text(root, key).unwrap_or_default();
+                tags.insert(tag.to_string(), value);
+            }
+        }
+        tags.insert("mlflow.traceName".into(), root.name.clone());
+    }
+    let mut services: Vec<String> = Vec::new();
+    for (origin, _) in spans {
+        if let Some(name) = resource_str(origin, "service.name")
+            && !services.contains(&name)
+        {
+            services.push(name);
+        }
+    }
+    if !services.is_empty() {
+        let list = PyValue::List(services.into_iter().map(PyValue::Str).collect());
+        tags.insert("traceloom.services".into(), list.dumps());
+    }
+    tags.retain(|k, _| {
+        let keep = k.chars().count() <= MAX_TAG_KEY;
+        report.tags_dropped += usize::from(!keep);
+        keep
+    });
+    for value in tags.values_mut() {
+        if value.chars().count() > MAX_TAG_VALUE {
+            *value = truncate(value, MAX_TAG_VALUE);
+            report.tags_truncated += 1;
+        }
+    }
+    tags
+}
+
+/// Trace token usage: every span's `mlflow.chat.tokenUsage`, skipping spans whose ancestor already
+/// carries usage (so rollup parents are not counted twice). `input_tokens`, `output_tokens` and
+/// `total_tokens` are always present; cache keys only when seen.
+pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue> {
+    let spans: Vec<&Span> = spans.collect();
+    let ids: HashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
+    let mut children: HashMap<SpanId, Vec<usize>> = HashMap::new();
+    let mut stack: Vec<(usize, bool)> = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match s.parent_span_id.filter(|p| ids.contains(p)) {
+            Some(p) => children.entry(p).or_default().push(i),
+            None => stack.push((i, false)),
+        }
+    }
+    const KEYS: [&str; 3] = ["input_tokens", "output_tokens", "total_tokens"];
+    const CACHE: [&str; 2] = ["cache_read_input_tokens", "cache_creation_input_tokens"];
+    let mut totals = [0i64; 3];
+    let mut cache: [Option<i64>; 2] = [None, None];
+    let mut found = false;
+    while let Some((i, covered)) = stack.pop() {
+        let usage = (!covered)
+            .then(|| spans[i].attribute(TOKEN_USAGE))
+            .flatten();
+        let has = matches!(usage, Some(PyValue::Dict(_)));
+        if let Some(PyValue::Dict(entries)) = usage {
+            found = true;
+            for (k, v) in entries {
+                let PyValue::Int(n) = v else { continue };
+                if let Some(j) = KEYS.iter().position(|x| *x == k) {
+                    totals[j] += n;
+                } else if let Some(j) = CACHE.iter().position(|x| *x == k) {
+                    *cache[j].get_or_insert(0) += n;
+                }
+            }
+        }
+        for &c in children.get(&spans[i].span_id).into_iter().flatten() {
+            stack.push((c, covered || has));
+        }
+    }
+    found.then(|| {
+        let mut entries: Vec<(String, PyValue)> = KEYS
+            .iter()
+            .zip(totals)
+            .map(|(k, n)| (k.to_string(), PyValue::Int(n)))
+            .collect();
+        entries.extend(
+            CACHE
+                .iter()
+                .zip(cache)
+                .filter_map(|(k, n)| Some((k.to_string(), PyValue::Int(n?)))),
+        );
+        PyValue::Dict(entries)
+    })
+}
