@@ -16,6 +16,12 @@ for tool in mkfifo kill; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 
+log "python environment (MLflow, the oracle of the compatibility tests)"
+command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq python3 python3-venv; }
+TRACELOOM_PYTHON=$(scripts/python-env.sh)
+export TRACELOOM_PYTHON
+"$TRACELOOM_PYTHON" -c 'import mlflow; print("mlflow", mlflow.__version__)'
+
 log "format"
 cargo fmt --all -- --check
 

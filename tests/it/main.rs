@@ -7,5 +7,6 @@ mod exporters;
 mod golden;
 mod harness;
 mod http_extras;
+mod mlflow_oracle;
 mod overload;
 mod shutdown;
