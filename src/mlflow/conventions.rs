@@ -8,7 +8,7 @@
 
 use super::attributes;
 use super::json::PyValue;
-use super::span::Attributes;
+use super::span::{Attributes, SpanEvent};
 
 /// `mlflow.spanType`.
 pub const SPAN_TYPE: &str = "mlflow.spanType";
@@ -356,28 +356,81 @@ fn model_from_io(attrs: &Attributes) -> Option<String> {
         })
 }
 
+/// Inputs or outputs carried by events, tried after every attribute convention, in MLflow's
+/// `_EVENT_TRANSLATORS` order: Spring AI (`gen_ai.content.prompt`/`completion` events, value
+/// stored as it is), then GenAI semconv message events (`gen_ai.{system,user,assistant}.message`
+/// in, `gen_ai.choice` out, collected into a JSON list of `{role, content}`).
+fn from_events(events: &[SpanEvent], inputs: bool) -> Option<String> {
+    let (spring_event, spring_key) = if inputs {
+        ("gen_ai.content.prompt", "gen_ai.prompt")
+    } else {
+        ("gen_ai.content.completion", "gen_ai.completion")
+    };
+    let spring = events
+        .iter()
+        .filter(|e| e.name == spring_event)
+        .find_map(|e| {
+            e.attributes
+                .get(spring_key)
+                .map(PyValue::from_json)
+                .filter(truthy)
+        });
+    if let Some(value) = spring {
+        return Some(match value {
+            PyValue::Str(s) => s,
+            other => other.dumps(),
+        });
+    }
+    let decode = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => attributes::read(s),
+        other => PyValue::from_json(other),
+    };
+    let messages: Vec<PyValue> = events
+        .iter()
+        .filter_map(|e| {
+            let role = match (inputs, e.name.as_str()) {
+                (true, "gen_ai.system.message") => PyValue::Str("system".into()),
+                (true, "gen_ai.user.message") => PyValue::Str("user".into()),
+                (true, "gen_ai.assistant.message") => PyValue::Str("assistant".into()),
+                (false, "gen_ai.choice") => e
+                    .attributes
+                    .get("role")
+                    .map(decode)
+                    .unwrap_or_else(|| PyValue::Str("assistant".into())),
+                _ => return None,
+            };
+            let content = e
+                .attributes
+                .get("content")
+                .filter(|c| truthy(&PyValue::from_json(c)))?;
+            Some(PyValue::Dict(vec![
+                ("role".into(), role),
+                ("content".into(), decode(content)),
+            ]))
+        })
+        .collect();
+    (!messages.is_empty()).then(|| PyValue::List(messages).dumps_ascii())
+}
+
 /// Fills the reserved MLflow attributes that are absent from `attrs` from the first convention
-/// that provides them.
-pub fn translate(attrs: &mut Attributes) {
+/// that provides them (attributes first, then `events`).
+pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     let needs_type = attrs
         .get(SPAN_TYPE)
         .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
     if needs_type && let Some(ty) = TRANSLATORS.iter().find_map(|t| span_type(attrs, t)) {
         attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty));
     }
-    for (key, pick) in [
-        (
-            INPUTS,
-            (|t: &Translator| t.inputs) as fn(&Translator) -> &'static [&'static str],
-        ),
-        (OUTPUTS, |t: &Translator| t.outputs),
-    ] {
-        if !attrs.contains_key(key)
-            && let Some(v) = TRANSLATORS
-                .iter()
-                .find_map(|t| first_present(attrs, pick(t)))
-        {
-            attrs.insert(key.into(), v.clone());
+    for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
+        if attrs.contains_key(key) {
+            continue;
+        }
+        let from_attributes = TRANSLATORS
+            .iter()
+            .find_map(|t| first_present(attrs, if inputs { t.inputs } else { t.outputs }))
+            .cloned();
+        if let Some(v) = from_attributes.or_else(|| from_events(events, inputs)) {
+            attrs.insert(key.into(), v);
         }
     }
     if !attrs.contains_key(TOKEN_USAGE)
@@ -420,5 +473,110 @@ pub fn translate(attrs: &mut Attributes) {
     {
         let provider = attributes::read(v).dumps();
         attrs.insert(PROVIDER.into(), provider);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn present_reserved_attributes_are_never_overwritten() {
+        let mut a = attrs(&[
+            (SPAN_TYPE, r#""AGENT""#),
+            (INPUTS, r#"{"mine": 1}"#),
+            ("gen_ai.operation.name", r#""chat""#),
+            ("gen_ai.input.messages", "[1]"),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(a[SPAN_TYPE], r#""AGENT""#);
+        assert_eq!(a[INPUTS], r#"{"mine": 1}"#);
+    }
+
+    #[test]
+    fn unknown_span_type_is_replaced_and_unmapped_kinds_fall_through() {
+        let mut a = attrs(&[
+            (SPAN_TYPE, r#""UNKNOWN""#),
+            ("openinference.span.kind", r#""NOT_A_KIND""#),
+            ("traceloop.span.kind", r#""tool""#),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(a[SPAN_TYPE], r#""TOOL""#);
+    }
+
+    #[test]
+    fn first_convention_in_mlflow_order_wins_and_falsy_values_are_missing() {
+        let mut a = attrs(&[
+            ("input.value", "{}"),
+            ("gen_ai.input.messages", "[]"),
+            ("traceloop.entity.input", r#""from traceloop""#),
+            ("gen_ai.completion.0.content", r#""out""#),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(a[INPUTS], r#""from traceloop""#);
+        assert_eq!(a[OUTPUTS], r#""out""#, "numbered Traceloop keys match");
+    }
+
+    #[test]
+    fn token_usage_has_only_known_counts() {
+        let mut a = attrs(&[
+            ("gen_ai.usage.input_tokens", "21"),
+            ("gen_ai.usage.output_tokens", r#""7""#),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(
+            a[TOKEN_USAGE],
+            r#"{"input_tokens": 21, "output_tokens": 7, "total_tokens": 28}"#
+        );
+        let mut a = attrs(&[
+            ("llm.token_count.total", "9"),
+            ("llm.token_count.prompt_details.cache_read", "4"),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(
+            a[TOKEN_USAGE],
+            r#"{"total_tokens": 9, "cache_read_input_tokens": 4}"#
+        );
+        let mut a = attrs(&[("gen_ai.usage.input_tokens", "2.5")]);
+        translate(&mut a, &[]);
+        assert!(!a.contains_key(TOKEN_USAGE), "floats are not token counts");
+    }
+
+    #[test]
+    fn model_falls_back_to_the_inputs_and_provider_is_decoded() {
+        let mut a = attrs(&[
+            (INPUTS, r#"{"model": "gpt-x", "q": 1}"#),
+            ("llm.provider", r#""anthropic""#),
+        ]);
+        translate(&mut a, &[]);
+        assert_eq!(a[MODEL], r#""gpt-x""#);
+        assert_eq!(a[PROVIDER], r#""anthropic""#);
+        let mut a = attrs(&[("lmnr.span.type", r#""LLM""#)]);
+        translate(&mut a, &[]);
+        assert_eq!(a[MESSAGE_FORMAT], r#""openai""#);
+    }
+
+    #[test]
+    fn traceloop_key_patterns_need_digits() {
+        assert!(matches(
+            "gen_ai.prompt.*.content",
+            "gen_ai.prompt.12.content"
+        ));
+        assert!(!matches(
+            "gen_ai.prompt.*.content",
+            "gen_ai.prompt..content"
+        ));
+        assert!(!matches(
+            "gen_ai.prompt.*.content",
+            "gen_ai.prompt.1.content.x"
+        ));
+        assert!(matches("a.*.b.*.c", "a.1.b.22.c"));
     }
 }

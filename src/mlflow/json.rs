@@ -46,6 +46,23 @@ impl PyValue {
         out
     }
 
+    /// `json.dumps(self)` with Python's default `ensure_ascii=True`: every non-ASCII character
+    /// as `\uXXXX` (UTF-16 surrogate pairs beyond the BMP).
+    pub fn dumps_ascii(&self) -> String {
+        let mut out = String::new();
+        for c in self.dumps().chars() {
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+        }
+        out
+    }
+
     fn write(&self, out: &mut String) {
         match self {
             PyValue::Null => out.push_str("null"),
@@ -250,6 +267,12 @@ mod tests {
             v.dumps(),
             r#"{"a": 2, "b": [true, null, 0.5], "ünï": "line\n\t\"q\" \u0001 ✓"}"#
         );
+    }
+
+    #[test]
+    fn ascii_mode_escapes_like_python_defaults() {
+        let v = PyValue::List(vec![PyValue::Str("é ✓ 🚀".into())]);
+        assert_eq!(v.dumps_ascii(), r#"["\u00e9 \u2713 \ud83d\ude80"]"#);
     }
 
     #[test]

@@ -142,7 +142,16 @@ impl Span {
             REQUEST_ID.into(),
             super::json::dumps_str(&mlflow_trace_id(&trace_id)),
         );
-        conventions::translate(&mut attrs);
+        let events: Vec<SpanEvent> = span
+            .events
+            .iter()
+            .map(|e| SpanEvent {
+                name: text(&e.name).into_owned(),
+                time_unix_nano: e.time_unix_nano,
+                attributes: raw_attributes(&e.attributes),
+            })
+            .collect();
+        conventions::translate(&mut attrs, &events);
         let code = match span.status.as_ref().map_or(0, |s| s.code) {
             1 => StatusCode::Ok,
             2 => StatusCode::Error,
@@ -159,15 +168,7 @@ impl Span {
             name: text(&span.name).into_owned(),
             start_time_unix_nano: span.start_time_unix_nano,
             end_time_unix_nano: span.end_time_unix_nano,
-            events: span
-                .events
-                .iter()
-                .map(|e| SpanEvent {
-                    name: text(&e.name).into_owned(),
-                    time_unix_nano: e.time_unix_nano,
-                    attributes: raw_attributes(&e.attributes),
-                })
-                .collect(),
+            events,
             status: SpanStatus { code, message },
             attributes: attrs,
             links: span

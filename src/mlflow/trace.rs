@@ -139,7 +139,15 @@ pub fn build(
                 .map(move |s| (&*g.origin, Span::from_otlp(trace_id, s)))
         })
         .collect();
-    spans.sort_by_key(|(_, s)| s.start_time_unix_nano);
+    // A total order (start, roots first, span id) so that the same spans give the same trace
+    // whatever order they arrived in.
+    spans.sort_by_key(|(_, s)| {
+        (
+            s.start_time_unix_nano,
+            s.parent_span_id.is_some(),
+            s.span_id,
+        )
+    });
     let mut report = LimitReport::default();
     let root = spans.iter().position(|(_, s)| s.parent_span_id.is_none());
     let start_ms = spans
@@ -396,4 +404,188 @@ pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue>
         );
         PyValue::Dict(entries)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::otlp::{self, Resource};
+    use crate::testkit::{kv, span};
+
+    const T: [u8; 16] = [7; 16];
+
+    fn origin(service: &str, extra: Vec<otlp::KeyValue>) -> Arc<Origin> {
+        let mut attributes = vec![kv("service.name", service), kv("telemetry.sdk.name", "x")];
+        attributes.extend(extra);
+        Arc::new(Origin {
+            resource: Some(Resource {
+                attributes,
+                ..Resource::default()
+            }),
+            ..Origin::default()
+        })
+    }
+
+    fn group(origin: &Arc<Origin>, spans: Vec<otlp::Span>) -> SpanGroup {
+        SpanGroup {
+            origin: Arc::clone(origin),
+            spans,
+        }
+    }
+
+    fn with(mut s: otlp::Span, attrs: Vec<otlp::KeyValue>, code: i32) -> otlp::Span {
+        s.attributes = attrs;
+        s.status = Some(otlp::Status {
+            message: Bytes::new(),
+            code,
+        });
+        s
+    }
+
+    #[test]
+    fn state_follows_the_root() {
+        let o = origin("svc", vec![]);
+        let child = span(T, [2; 8], &[1; 8], "child");
+        let (t, _) = build(TraceId(T), &[group(&o, vec![child.clone()])], None, "0");
+        assert_eq!(t.info.state, TraceState::InProgress);
+        assert_eq!(t.info.request_preview, None);
+        let root_error = with(span(T, [1; 8], &[], "root"), vec![], 2);
+        let (t, _) = build(
+            TraceId(T),
+            &[group(&o, vec![child.clone(), root_error])],
+            None,
+            "0",
+        );
+        assert_eq!(t.info.state, TraceState::Error);
+        let root_unset = with(span(T, [1; 8], &[], "root"), vec![], 0);
+        let (t, _) = build(TraceId(T), &[group(&o, vec![child, root_unset])], None, "0");
+        assert_eq!(t.info.state, TraceState::Ok);
+        assert_eq!(
+            t.data.spans[0].name, "root",
+            "spans ordered by start, root first on ties"
+        );
+    }
+
+    #[test]
+    fn experiment_comes_from_header_then_resource_then_default() {
+        let plain = origin("svc", vec![]);
+        let tagged = origin("svc", vec![kv("mlflow.experimentId", "12")]);
+        let root = span(T, [1; 8], &[], "root");
+        let id = |groups: &[SpanGroup], header| {
+            build(TraceId(T), groups, header, "0")
+                .0
+                .info
+                .trace_location
+                .mlflow_experiment
+                .experiment_id
+        };
+        assert_eq!(id(&[group(&tagged, vec![root.clone()])], Some("5")), "5");
+        assert_eq!(id(&[group(&tagged, vec![root.clone()])], None), "12");
+        assert_eq!(id(&[group(&plain, vec![root])], None), "0");
+    }
+
+    #[test]
+    fn tags_come_from_resources_root_last_and_list_the_services() {
+        let front = origin("frontend", vec![kv("deployment.environment", "prod")]);
+        let back = origin(
+            "backend",
+            vec![
+                kv("deployment.environment", "dev"),
+                kv("mlflow.internal", "x"),
+            ],
+        );
+        let root = with(
+            span(T, [1; 8], &[], "client-root"),
+            vec![kv("mlflow.traceTag.team", "search")],
+            0,
+        );
+        let mut child = span(T, [2; 8], &[1; 8], "server-handler");
+        child.start_time_unix_nano += 1;
+        let (t, _) = build(
+            TraceId(T),
+            &[group(&back, vec![child]), group(&front, vec![root])],
+            None,
+            "0",
+        );
+        let tags = &t.info.tags;
+        assert_eq!(tags["service.name"], "frontend", "the root's resource wins");
+        assert_eq!(tags["deployment.environment"], "prod");
+        assert_eq!(tags["team"], "search");
+        assert_eq!(tags["mlflow.traceName"], "client-root");
+        assert_eq!(tags["traceloom.services"], r#"["frontend", "backend"]"#);
+        assert!(!tags.contains_key("telemetry.sdk.name") && !tags.contains_key("mlflow.internal"));
+    }
+
+    #[test]
+    fn mlflow_limits_are_applied_and_reported() {
+        let long_key = format!("k{}", "x".repeat(300));
+        let o = origin(
+            "svc",
+            vec![kv(&long_key, "v"), kv("big", &"y".repeat(9000))],
+        );
+        let root = with(
+            span(T, [1; 8], &[], "root"),
+            vec![
+                kv("session.id", &"s".repeat(251)),
+                kv("user.id", "u"),
+                kv("mlflow.spanInputs", &format!("\"{}\"", "i".repeat(300))),
+            ],
+            1,
+        );
+        let (t, report) = build(TraceId(T), &[group(&o, vec![root])], None, "0");
+        assert_eq!(
+            report,
+            LimitReport {
+                session_rejected: true,
+                tags_dropped: 1,
+                tags_truncated: 1,
+                metadata_truncated: 1,
+            }
+        );
+        assert!(!t.info.trace_metadata.contains_key("mlflow.trace.session"));
+        assert_eq!(t.info.trace_metadata["mlflow.trace.user"], "u");
+        assert_eq!(t.info.tags["big"].chars().count(), MAX_TAG_VALUE);
+        assert_eq!(
+            t.info.trace_metadata["mlflow.traceInputs"].chars().count(),
+            MAX_METADATA_VALUE
+        );
+    }
+
+    #[test]
+    fn token_usage_skips_spans_under_a_span_with_usage() {
+        let o = origin("svc", vec![]);
+        let usage = |i: i64, o: i64| {
+            kv(
+                "mlflow.chat.tokenUsage",
+                &format!(
+                    r#"{{"input_tokens": {i}, "output_tokens": {o}, "total_tokens": {}}}"#,
+                    i + o
+                ),
+            )
+        };
+        let root = span(T, [1; 8], &[], "agent");
+        let rollup = with(span(T, [2; 8], &[1; 8], "rollup"), vec![usage(10, 5)], 0);
+        let under = with(span(T, [3; 8], &[2; 8], "llm"), vec![usage(10, 5)], 0);
+        let sibling = with(span(T, [4; 8], &[1; 8], "llm2"), vec![usage(1, 1)], 0);
+        let (t, _) = build(
+            TraceId(T),
+            &[group(&o, vec![root, rollup, under, sibling])],
+            None,
+            "0",
+        );
+        assert_eq!(
+            t.info.trace_metadata["mlflow.trace.tokenUsage"],
+            r#"{"input_tokens": 11, "output_tokens": 6, "total_tokens": 17}"#
+        );
+    }
+
+    #[test]
+    fn request_time_is_protobuf_timestamp_json() {
+        assert_eq!(timestamp(1_760_000_000_000), "2025-10-09T08:53:20Z");
+        assert_eq!(timestamp(1_795_254_233_848), "2026-11-21T09:43:53.848Z");
+    }
 }
