@@ -258,12 +258,30 @@ fn truthy(v: &PyValue) -> bool {
     }
 }
 
+/// Whether `json.loads(stored)` (or, when it is not JSON, the raw text) is truthy, without parsing
+/// the whole value: only `null`, `false`, zero, `""`, `[]` and `{}` (and an empty text) are falsy.
+fn truthy_stored(stored: &str) -> bool {
+    let t = stored.trim_matches([' ', '\t', '\n', '\r']);
+    let inner_empty = |open: char, close: char| {
+        t.strip_prefix(open)
+            .and_then(|r| r.strip_suffix(close))
+            .is_some_and(|r| r.trim_matches([' ', '\t', '\n', '\r']).is_empty())
+    };
+    let zero = t.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+        && serde_json::from_str::<f64>(t).is_ok_and(|n| n == 0.0);
+    !(stored.is_empty()
+        || t == "null"
+        || t == "false"
+        || t == "\"\""
+        || inner_empty('[', ']')
+        || inner_empty('{', '}')
+        || zero)
+}
+
 /// A stored value unless MLflow treats it as missing: absent, or JSON for a falsy value (`null`,
 /// `{}`, `[]`, `""`, `0`, `false`).
 fn present<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a String> {
-    attrs
-        .get(key)
-        .filter(|stored| truthy(&attributes::read(stored)))
+    attrs.get(key).filter(|stored| truthy_stored(stored))
 }
 
 /// Whether `key` matches `pattern`, where `*` stands for a run of digits (Traceloop numbers its
@@ -294,7 +312,7 @@ fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a String>
         if k.contains('*') {
             attrs
                 .iter()
-                .find(|(key, stored)| matches(k, key) && truthy(&attributes::read(stored)))
+                .find(|(key, stored)| matches(k, key) && truthy_stored(stored))
                 .map(|(_, v)| v)
         } else {
             present(attrs, k)
@@ -412,20 +430,71 @@ fn from_events(events: &[SpanEvent], inputs: bool) -> Option<String> {
     (!messages.is_empty()).then(|| PyValue::List(messages).dumps_ascii())
 }
 
+/// Every attribute key some convention reads, and the fixed prefixes of its numbered keys.
+struct KeyIndex {
+    keys: rustc_hash::FxHashSet<&'static str>,
+    prefixes: Vec<&'static str>,
+}
+
+static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
+    let mut keys = rustc_hash::FxHashSet::default();
+    let mut prefixes = Vec::new();
+    for t in TRANSLATORS {
+        let lists = [
+            t.inputs,
+            t.outputs,
+            t.input_tokens,
+            t.output_tokens,
+            t.total_tokens,
+            t.cache_read,
+            t.cache_write,
+            t.model,
+            t.provider,
+            t.tools,
+        ];
+        for &key in lists.into_iter().flatten().chain([&t.kind_key]) {
+            match key.split_once('*') {
+                Some((prefix, _)) => prefixes.push(prefix),
+                None if !key.is_empty() => {
+                    keys.insert(key);
+                }
+                None => {}
+            }
+        }
+    }
+    KeyIndex { keys, prefixes }
+});
+
+/// Whether any attribute is one a convention reads: one pass over the span's own keys, so that
+/// spans of no known convention skip the probing of every convention's keys.
+fn follows_a_convention(attrs: &Attributes) -> bool {
+    let index = &*KEY_INDEX;
+    attrs
+        .keys()
+        .any(|k| index.keys.contains(k.as_str()) || index.prefixes.iter().any(|p| k.starts_with(p)))
+}
+
 /// Fills the reserved MLflow attributes that are absent from `attrs` from the first convention
 /// that provides them (attributes first, then `events`).
 pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
+    // Spans of no known convention have nothing to probe; events and the model-in-inputs
+    // fallback still apply.
+    let translators: &[Translator] = if follows_a_convention(attrs) {
+        TRANSLATORS
+    } else {
+        &[]
+    };
     let needs_type = attrs
         .get(SPAN_TYPE)
         .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
-    if needs_type && let Some(ty) = TRANSLATORS.iter().find_map(|t| span_type(attrs, t)) {
+    if needs_type && let Some(ty) = translators.iter().find_map(|t| span_type(attrs, t)) {
         attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty));
     }
     for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
         if attrs.contains_key(key) {
             continue;
         }
-        let from_attributes = TRANSLATORS
+        let from_attributes = translators
             .iter()
             .find_map(|t| first_present(attrs, if inputs { t.inputs } else { t.outputs }))
             .cloned();
@@ -434,22 +503,20 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
         }
     }
     if !attrs.contains_key(TOKEN_USAGE)
-        && let Some(u) = TRANSLATORS.iter().find_map(|t| usage(attrs, t))
+        && let Some(u) = translators.iter().find_map(|t| usage(attrs, t))
     {
         attrs.insert(TOKEN_USAGE.into(), u.dumps());
     }
-    let recognised = || {
-        TRANSLATORS
+    if !attrs.contains_key(MESSAGE_FORMAT)
+        && let Some(format) = translators
             .iter()
             .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
-    };
-    if !attrs.contains_key(MESSAGE_FORMAT)
-        && let Some(format) = recognised().find_map(|t| t.message_format)
+            .find_map(|t| t.message_format)
     {
         attrs.insert(MESSAGE_FORMAT.into(), super::json::dumps_str(format));
     }
     if !attrs.contains_key(TOOLS)
-        && let Some(v) = TRANSLATORS
+        && let Some(v) = translators
             .iter()
             .find_map(|t| first_present(attrs, t.tools))
     {
@@ -457,7 +524,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     }
     // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
     if !attrs.contains_key(MODEL) {
-        let model = TRANSLATORS
+        let model = translators
             .iter()
             .find_map(|t| first_present(attrs, t.model))
             .map(|v| attributes::read(v).dumps())
@@ -467,7 +534,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
         }
     }
     if !attrs.contains_key(PROVIDER)
-        && let Some(v) = TRANSLATORS
+        && let Some(v) = translators
             .iter()
             .find_map(|t| first_present(attrs, t.provider))
     {
@@ -561,6 +628,28 @@ mod tests {
         let mut a = attrs(&[("lmnr.span.type", r#""LLM""#)]);
         translate(&mut a, &[]);
         assert_eq!(a[MESSAGE_FORMAT], r#""openai""#);
+    }
+
+    #[test]
+    fn truthiness_matches_python_without_parsing() {
+        for falsy in [
+            "", "null", "false", "0", "-0.0", "0e5", "\"\"", "[]", "[ ]", "{}", " {\n} ",
+        ] {
+            assert!(!truthy_stored(falsy), "{falsy:?}");
+        }
+        for truthy in [
+            "x",
+            "\"x\"",
+            "[0]",
+            "{\"a\": null}",
+            "1",
+            "-0.5",
+            "true",
+            "not json",
+            "0x",
+        ] {
+            assert!(truthy_stored(truthy), "{truthy:?}");
+        }
     }
 
     #[test]

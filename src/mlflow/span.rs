@@ -10,8 +10,9 @@ use super::conventions;
 use crate::model::{SpanId, TraceId};
 use crate::otlp::{self, text};
 
-/// Span attributes: key → JSON-encoded value, in MLflow's insertion order.
-pub type Attributes = IndexMap<String, String>;
+/// Span attributes: key → JSON-encoded value, in MLflow's insertion order. FxHash because
+/// translation probes dozens of keys per span and SipHash dominated its cost.
+pub type Attributes = IndexMap<String, String, rustc_hash::FxBuildHasher>;
 
 /// `mlflow.traceRequestId`, always set from the OTLP trace id.
 pub const REQUEST_ID: &str = "mlflow.traceRequestId";
@@ -108,6 +109,11 @@ fn parent_b64<S: Serializer>(id: &Option<SpanId>, s: S) -> Result<S::Ok, S::Erro
     }
 }
 
+/// The stored `mlflow.traceRequestId` of a trace: its MLflow id, JSON-encoded.
+pub fn request_id_attribute(id: &TraceId) -> String {
+    super::json::dumps_str(&mlflow_trace_id(id))
+}
+
 /// The MLflow trace id of an OTLP trace id: `tr-` and 32 lowercase hex digits.
 pub fn mlflow_trace_id(id: &TraceId) -> String {
     format!("tr-{id}")
@@ -126,22 +132,19 @@ fn raw_attributes(kvs: &[otlp::KeyValue]) -> IndexMap<String, serde_json::Value>
 
 impl Span {
     /// Converts a validated OTLP span of trace `trace_id`, filling MLflow's reserved attributes
-    /// from the conventions it recognises.
-    pub fn from_otlp(trace_id: TraceId, span: &otlp::Span) -> Self {
-        let mut attrs: Attributes = span
-            .attributes
-            .iter()
-            .map(|kv| {
-                (
-                    text(&kv.key).into_owned(),
-                    attributes::encode(kv.value.as_ref()),
-                )
-            })
-            .collect();
-        attrs.insert(
-            REQUEST_ID.into(),
-            super::json::dumps_str(&mlflow_trace_id(&trace_id)),
-        );
+    /// from the conventions it recognises. `request_id` is the stored `mlflow.traceRequestId`
+    /// value, [`request_id_attribute`] of the trace id.
+    pub fn from_otlp(trace_id: TraceId, request_id: &str, span: &otlp::Span) -> Self {
+        // Room for the attributes MLflow adds, so the map never rehashes while translating.
+        let mut attrs =
+            Attributes::with_capacity_and_hasher(span.attributes.len() + 8, Default::default());
+        attrs.extend(span.attributes.iter().map(|kv| {
+            (
+                text(&kv.key).into_owned(),
+                attributes::encode(kv.value.as_ref()),
+            )
+        }));
+        attrs.insert(REQUEST_ID.into(), request_id.to_string());
         let events: Vec<SpanEvent> = span
             .events
             .iter()

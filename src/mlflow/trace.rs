@@ -17,7 +17,7 @@ use super::attributes;
 use super::conventions::{INPUTS, OUTPUTS, TOKEN_USAGE};
 use super::json::PyValue;
 use super::preview::{preview, truncate};
-use super::span::{Span, StatusCode, mlflow_trace_id};
+use super::span::{Span, StatusCode, mlflow_trace_id, request_id_attribute};
 use crate::model::{Origin, SpanGroup, SpanId, TraceId};
 use crate::otlp::{Value, text};
 
@@ -131,12 +131,14 @@ pub fn build(
     experiment: Option<&str>,
     default_experiment: &str,
 ) -> (Trace, LimitReport) {
+    let request_id = request_id_attribute(&trace_id);
     let mut spans: Vec<(&Origin, Span)> = groups
         .iter()
         .flat_map(|g| {
+            let request_id = &request_id;
             g.spans
                 .iter()
-                .map(move |s| (&*g.origin, Span::from_otlp(trace_id, s)))
+                .map(move |s| (&*g.origin, Span::from_otlp(trace_id, request_id, s)))
         })
         .collect();
     // A total order (start, roots first, span id) so that the same spans give the same trace
