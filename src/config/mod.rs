@@ -110,8 +110,28 @@ pub struct PipelineConfig {
     /// The pipeline's input queue.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// How spans become MLflow traces.
+    #[serde(default)]
+    pub mlflow: MlflowConfig,
     /// Named sinks; every trace goes to each of them.
     pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// `pipelines.<name>.mlflow`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlflowConfig {
+    /// The MLflow experiment of traces whose spans came with no `x-mlflow-experiment-id` header
+    /// and no `mlflow.experimentId` resource attribute. `"0"` is MLflow's default experiment.
+    pub default_experiment: String,
+}
+
+impl Default for MlflowConfig {
+    fn default() -> Self {
+        Self {
+            default_experiment: "0".into(),
+        }
+    }
 }
 
 /// The bounded queue in front of a pipeline, or of a sink.

@@ -1,6 +1,11 @@
-//! The `debug` sink: one JSON line per batch, to stdout or a file.
+//! The `debug` sink: JSON lines to stdout or a file, in one of two formats.
 //!
-//! Each line holds the receive metadata and the batch's spans per trace in OTLP/JSON form:
+//! `format: mlflow` (the default) writes one MLflow trace per line, exactly as MLflow's
+//! `Trace.to_dict()` writes it; until trace assembly lands, each is built from the spans of one
+//! trace in one request.
+//!
+//! `format: otlp` writes one line per accepted request: the receive metadata and the spans per
+//! trace in OTLP/JSON form:
 //!
 //! ```json
 //! {"receiver":"otlp","protocol":"grpc","received_at":"2026-11-21T09:41:16.067Z",
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, SinkError, SinkInput};
+use crate::config::MlflowConfig;
 use crate::model::{SpanBatch, TraceSpans};
 use crate::otlp::ResourceSpans;
 use crate::receive::json::JsonResourceSpans;
@@ -30,6 +36,20 @@ pub struct DebugConfig {
     /// `-` for stdout, else a file appended to (created with its directory if missing).
     #[serde(default = "stdout")]
     pub path: String,
+    /// What each line holds.
+    #[serde(default)]
+    pub format: DebugFormat,
+}
+
+/// The debug sink's line format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DebugFormat {
+    /// One MLflow trace (`Trace.to_dict()`) per line.
+    #[default]
+    Mlflow,
+    /// One accepted request per line, spans in OTLP/JSON.
+    Otlp,
 }
 
 fn stdout() -> String {
@@ -39,6 +59,8 @@ fn stdout() -> String {
 /// A running `debug` sink.
 pub struct DebugSink {
     target: Option<PathBuf>,
+    format: DebugFormat,
+    mlflow: MlflowConfig,
     metrics: SinkMetrics,
 }
 
@@ -48,7 +70,11 @@ impl DebugConfig {
     /// # Errors
     ///
     /// [`BuildError::Path`] when the directory cannot be created.
-    pub fn build(&self, metrics: SinkMetrics) -> Result<DebugSink, BuildError> {
+    pub fn build(
+        &self,
+        metrics: SinkMetrics,
+        mlflow: MlflowConfig,
+    ) -> Result<DebugSink, BuildError> {
         let target = (self.path != "-").then(|| PathBuf::from(&self.path));
         if let Some(dir) = target
             .as_deref()
@@ -60,7 +86,12 @@ impl DebugConfig {
                 source,
             })?;
         }
-        Ok(DebugSink { target, metrics })
+        Ok(DebugSink {
+            target,
+            format: self.format,
+            mlflow,
+            metrics,
+        })
     }
 }
 
@@ -85,7 +116,24 @@ fn as_otlp_json<S: serde::Serializer>(rs: &[ResourceSpans], s: S) -> Result<S::O
     JsonResourceSpans(rs).serialize(s)
 }
 
-/// Renders one batch as its JSON line (without the newline).
+/// Renders one batch as MLflow traces, one JSON line per trace (each ending in a newline).
+pub fn render_mlflow(batch: &SpanBatch, mlflow: &MlflowConfig) -> String {
+    let mut out = String::new();
+    for t in &batch.traces {
+        let experiment = batch.meta.experiment_id.as_deref();
+        let (trace, _) = crate::mlflow::build(
+            t.trace_id,
+            &t.groups,
+            experiment,
+            &mlflow.default_experiment,
+        );
+        out.push_str(&serde_json::to_string(&trace).expect("an MLflow trace has only string keys"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Renders one batch as its OTLP JSON line (without the newline).
 pub fn render(batch: &SpanBatch) -> String {
     let line = Line {
         receiver: &batch.meta.receiver,
@@ -132,9 +180,11 @@ impl DebugSink {
             ),
         };
         while let Some(batch) = input.recv().await {
-            let mut line = render(&batch).into_bytes();
-            line.push(b'\n');
-            out.write_all(&line).await.map_err(write_err)?;
+            let lines = match self.format {
+                DebugFormat::Mlflow => render_mlflow(&batch, &self.mlflow),
+                DebugFormat::Otlp => render(&batch) + "\n",
+            };
+            out.write_all(lines.as_bytes()).await.map_err(write_err)?;
             out.flush().await.map_err(write_err)?;
             self.metrics.batches.inc();
             self.metrics.spans.inc_by(batch.span_count() as u64);

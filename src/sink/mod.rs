@@ -77,6 +77,14 @@ pub enum SinkError {
     },
 }
 
+/// What a sink's build step may need from its pipeline.
+pub struct BuildContext<'a> {
+    /// Process metrics, for the sink's own handles.
+    pub metrics: &'a Metrics,
+    /// The pipeline's MLflow settings.
+    pub mlflow: &'a crate::config::MlflowConfig,
+}
+
 /// A built sink, ready to run.
 pub enum Sink {
     /// See [`debug::DebugSink`].
@@ -86,15 +94,15 @@ pub enum Sink {
 }
 
 impl SinkConfig {
-    /// Checks the config and prepares the sink named `name`.
+    /// Checks the config and prepares the sink named `name` of the pipeline described by `cx`.
     ///
     /// # Errors
     ///
     /// [`BuildError`] naming what could not be prepared.
-    pub fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
-        let metrics = metrics.sink(name);
+    pub fn build(&self, name: &str, cx: &BuildContext<'_>) -> Result<Sink, BuildError> {
+        let metrics = cx.metrics.sink(name);
         Ok(match self {
-            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics)?),
+            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics, cx.mlflow.clone())?),
             SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
         })
     }

@@ -45,7 +45,7 @@ const BROKEN: &[(&str, &str)] = &[
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s: {type: debug, pth: x}\n",
-        "5:24: pipelines.p.sinks.s.pth: unknown field `pth`, expected one of path",
+        "5:24: pipelines.p.sinks.s.pth: unknown field `pth`, expected one of path, format",
     ),
 ];
 

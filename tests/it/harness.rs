@@ -45,6 +45,10 @@ pub struct Settings {
     pub sink_path: Option<PathBuf>,
     /// Origins allowed by CORS on the HTTP receiver; `None` = no CORS section.
     pub cors_origin: Option<&'static str>,
+    /// The debug sink's format: `otlp` (one line per request) or `mlflow` (one trace per line).
+    pub format: &'static str,
+    /// The pipeline's default MLflow experiment.
+    pub default_experiment: &'static str,
 }
 
 impl Default for Settings {
@@ -55,6 +59,8 @@ impl Default for Settings {
             admission_timeout: "500ms",
             sink_path: None,
             cors_origin: None,
+            format: "otlp",
+            default_experiment: "0",
         }
     }
 }
@@ -80,16 +86,21 @@ pipelines:
     queue:
       max_bytes: {queue}
       admission_timeout: {wait}
+    mlflow:
+      default_experiment: "{experiment}"
     sinks:
       out:
         type: debug
         path: "{out}"
+        format: {format}
 shutdown_timeout: 20s
 "#,
         body = s.max_body_size,
         queue = s.queue_bytes,
         wait = s.admission_timeout,
         out = out.display(),
+        format = s.format,
+        experiment = s.default_experiment,
         cors = s.cors_origin.map_or(String::new(), |o| {
             format!("\n      cors:\n        allowed_origins: [\"{o}\"]\n        max_age: 10m")
         }),

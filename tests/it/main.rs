@@ -8,5 +8,6 @@ mod golden;
 mod harness;
 mod http_extras;
 mod mlflow_oracle;
+mod mlflow_output;
 mod overload;
 mod shutdown;
