@@ -243,18 +243,7 @@ fn mlflow_loads_every_trace_and_writes_it_back_unchanged() {
         writeln!(file, "{}", serde_json::to_string(t).unwrap()).unwrap();
     }
     drop(file);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/roundtrip.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "MLflow refused traceloom's traces:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_script("roundtrip.py", &path, "MLflow refused traceloom's traces");
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(summary["traces"], traces.len());
 }
@@ -278,21 +267,29 @@ fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
         )
         .unwrap();
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/python/server_compare.py"
+    let stdout = run_script(
+        "server_compare.py",
+        dir.path(),
+        "traceloom and a real MLflow server disagree",
     );
-    let out = Command::new(python())
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["cases"], generated_cases().len());
+}
+
+/// Runs `tests/python/<script> <arg>` in the MLflow venv; fails with `what` and its output unless
+/// it exits 0. Returns its stdout.
+fn run_script(script: &str, arg: &std::path::Path, what: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = Command::new(python()).arg(path).arg(arg).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "traceloom and a real MLflow server disagree:\n{stdout}\n{}",
+        "{what}:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
 }
 
 /// Attributes and tags a generated case sets aside, each a conscious divergence from MLflow.
