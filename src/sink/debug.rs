@@ -17,6 +17,7 @@
 //! reader (or a pipe nobody reads) makes the sink wait, which is back-pressure, not loss.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -26,7 +27,7 @@ use crate::config::MlflowConfig;
 use crate::model::{SpanBatch, TraceSpans};
 use crate::otlp::ResourceSpans;
 use crate::receive::json::JsonResourceSpans;
-use crate::telemetry::metrics::SinkMetrics;
+use crate::telemetry::metrics::{Metrics, SinkMetrics};
 use crate::topology::queue::QueueRx;
 
 /// `type: debug`.
@@ -62,6 +63,7 @@ pub struct DebugSink {
     format: DebugFormat,
     mlflow: MlflowConfig,
     metrics: SinkMetrics,
+    process_metrics: Arc<Metrics>,
 }
 
 impl DebugConfig {
@@ -74,6 +76,7 @@ impl DebugConfig {
         &self,
         metrics: SinkMetrics,
         mlflow: MlflowConfig,
+        process_metrics: Arc<Metrics>,
     ) -> Result<DebugSink, BuildError> {
         let target = (self.path != "-").then(|| PathBuf::from(&self.path));
         if let Some(dir) = target
@@ -91,6 +94,7 @@ impl DebugConfig {
             format: self.format,
             mlflow,
             metrics,
+            process_metrics,
         })
     }
 }
@@ -116,17 +120,19 @@ fn as_otlp_json<S: serde::Serializer>(rs: &[ResourceSpans], s: S) -> Result<S::O
     JsonResourceSpans(rs).serialize(s)
 }
 
-/// Renders one batch as MLflow traces, one JSON line per trace (each ending in a newline).
-pub fn render_mlflow(batch: &SpanBatch, mlflow: &MlflowConfig) -> String {
+/// Renders one batch as MLflow traces, one JSON line per trace (each ending in a newline),
+/// counting the MLflow limits applied.
+pub fn render_mlflow(batch: &SpanBatch, mlflow: &MlflowConfig, metrics: &Metrics) -> String {
     let mut out = String::new();
     for t in &batch.traces {
         let experiment = batch.meta.experiment_id.as_deref();
-        let (trace, _) = crate::mlflow::build(
+        let (trace, report) = crate::mlflow::build(
             t.trace_id,
             &t.groups,
             experiment,
             &mlflow.default_experiment,
         );
+        metrics.mlflow_limits(&report);
         out.push_str(&serde_json::to_string(&trace).expect("an MLflow trace has only string keys"));
         out.push('\n');
     }
@@ -181,7 +187,7 @@ impl DebugSink {
         };
         while let Some(batch) = input.recv().await {
             let lines = match self.format {
-                DebugFormat::Mlflow => render_mlflow(&batch, &self.mlflow),
+                DebugFormat::Mlflow => render_mlflow(&batch, &self.mlflow, &self.process_metrics),
                 DebugFormat::Otlp => render(&batch) + "\n",
             };
             out.write_all(lines.as_bytes()).await.map_err(write_err)?;

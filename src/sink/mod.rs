@@ -80,7 +80,7 @@ pub enum SinkError {
 /// What a sink's build step may need from its pipeline.
 pub struct BuildContext<'a> {
     /// Process metrics, for the sink's own handles.
-    pub metrics: &'a Metrics,
+    pub metrics: &'a std::sync::Arc<Metrics>,
     /// The pipeline's MLflow settings.
     pub mlflow: &'a crate::config::MlflowConfig,
 }
@@ -102,7 +102,11 @@ impl SinkConfig {
     pub fn build(&self, name: &str, cx: &BuildContext<'_>) -> Result<Sink, BuildError> {
         let metrics = cx.metrics.sink(name);
         Ok(match self {
-            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics, cx.mlflow.clone())?),
+            SinkConfig::Debug(c) => Sink::Debug(c.build(
+                metrics,
+                cx.mlflow.clone(),
+                std::sync::Arc::clone(cx.metrics),
+            )?),
             SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
         })
     }

@@ -38,6 +38,11 @@ struct NameLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabel {
     sink: String,
 }
@@ -80,6 +85,7 @@ pub struct Metrics {
     queue_capacity: Family<NameLabel, Gauge>,
     sink_batches: Family<SinkLabel, Counter>,
     sink_spans: Family<SinkLabel, Counter>,
+    mlflow_limits: Family<LimitLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -100,6 +106,7 @@ impl Metrics {
             queue_capacity: Family::default(),
             sink_batches: Family::default(),
             sink_spans: Family::default(),
+            mlflow_limits: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +143,11 @@ impl Metrics {
             "sink_written_spans",
             "Spans a sink has written",
             m.sink_spans.clone(),
+        );
+        registry.register(
+            "mlflow_limits_applied",
+            "MLflow limits applied while building traces (session_rejected, tag_dropped, tag_truncated, metadata_truncated)",
+            m.mlflow_limits.clone(),
         );
         Self { registry, ..m }
     }
@@ -178,6 +190,24 @@ impl Metrics {
         SinkMetrics {
             batches: self.sink_batches.get_or_create(&label).clone(),
             spans: self.sink_spans.get_or_create(&label).clone(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts what [`crate::mlflow::build`] had to change to respect MLflow's limits.
+    pub fn mlflow_limits(&self, report: &crate::mlflow::LimitReport) {
+        for (limit, n) in [
+            ("session_rejected", usize::from(report.session_rejected)),
+            ("tag_dropped", report.tags_dropped),
+            ("tag_truncated", report.tags_truncated),
+            ("metadata_truncated", report.metadata_truncated),
+        ] {
+            if n > 0 {
+                self.mlflow_limits
+                    .get_or_create(&LimitLabel { limit })
+                    .inc_by(n as u64);
+            }
         }
     }
 }

@@ -63,3 +63,47 @@ async fn the_debug_sink_writes_mlflow_traces_with_their_experiment() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_session_id_is_left_out_and_counted() {
+    use prost::Message;
+    let c = Collector::start_with(Settings {
+        format: "mlflow",
+        ..Settings::default()
+    })
+    .await;
+    let mut request = traceloom::testkit::request(9, 1, 1, 0);
+    request.resource_spans[0].scope_spans[0].spans[0].attributes =
+        vec![traceloom::testkit::kv("session.id", &"s".repeat(300))];
+    let resp = reqwest::Client::new()
+        .post(c.http_url())
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "MLflow would refuse the whole batch; traceloom keeps the data"
+    );
+    let lines = wait_for("the trace", Duration::from_secs(10), || {
+        let lines = c.lines();
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    assert!(
+        lines[0]["info"]["trace_metadata"]
+            .get("mlflow.trace.session")
+            .is_none()
+    );
+    let m = c.metrics().await;
+    assert_eq!(
+        crate::harness::metric(
+            &m,
+            r#"traceloom_mlflow_limits_applied_total{limit="session_rejected"}"#
+        ),
+        Some(1.0)
+    );
+    c.stop().await;
+}
