@@ -16,6 +16,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod assemble;
 pub mod config;
 pub mod mlflow;
 pub mod model;

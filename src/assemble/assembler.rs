@@ -1,0 +1,373 @@
+//! The assembler: spans grouped by trace id across requests, released as whole traces.
+//!
+//! Pure state and rules, no channels and no clock: callers pass `now`, so tests drive time.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indexmap::IndexMap;
+use prost::Message;
+
+use super::config::AssembleConfig;
+use crate::model::{Origin, SpanBatch, SpanGroup, SpanId, TraceId};
+use crate::otlp::Span;
+
+/// Why a trace revision was released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReleaseReason {
+    /// The root arrived and the trace was idle for `idle_timeout`.
+    Complete,
+    /// The trace reached `max_trace_age` without being complete.
+    MaxAge,
+    /// The trace reached `max_spans_per_trace` or `max_trace_bytes`.
+    Size,
+    /// Held spans reached `max_in_flight_bytes`; the oldest open traces went first.
+    Memory,
+    /// traceloom was shutting down.
+    Shutdown,
+}
+
+impl ReleaseReason {
+    /// The label used in metrics and in the `traceloom.partial_reason` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::MaxAge => "max_age",
+            Self::Size => "size",
+            Self::Memory => "memory",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One released revision of a trace: every span held for it, and why it was released.
+#[derive(Clone, Debug)]
+pub struct Release {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// 1 for the first release, then one more for each release after late spans.
+    pub revision: u32,
+    /// Why now.
+    pub reason: ReleaseReason,
+    /// All spans of the trace, grouped by origin.
+    pub groups: Vec<SpanGroup>,
+    /// The first `x-mlflow-experiment-id` that came with the trace's spans.
+    pub experiment: Option<Arc<str>>,
+}
+
+impl Release {
+    /// Whether the revision is flagged partial: anything but a complete release.
+    pub fn partial(&self) -> bool {
+        self.reason != ReleaseReason::Complete
+    }
+
+    /// The number of spans.
+    pub fn span_count(&self) -> usize {
+        self.groups.iter().map(|g| g.spans.len()).sum()
+    }
+}
+
+/// Counts of what the assembler did, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Spans taken in (new or changed).
+    pub spans_in: u64,
+    /// Re-sent spans identical to one already held.
+    pub duplicate_spans: u64,
+    /// Spans that arrived after their trace had been released.
+    pub late_spans: u64,
+    /// Released traces forgotten to stay under `max_in_flight_bytes` before their window ended.
+    pub forgotten_early: u64,
+}
+
+struct Held {
+    origin: Arc<Origin>,
+    span: Span,
+    bytes: usize,
+}
+
+struct TraceState {
+    spans: IndexMap<SpanId, Held>,
+    bytes: usize,
+    root_seen: bool,
+    /// When the current, not yet released, spans started arriving.
+    open_since: Instant,
+    last_seen: Instant,
+    /// Revisions released so far.
+    revisions: u32,
+    /// Spans arrived since the last release.
+    dirty: bool,
+    released_at: Option<Instant>,
+    experiment: Option<Arc<str>>,
+    /// The deadline this trace has in the heap.
+    scheduled: Instant,
+    /// Key in the age order.
+    first_seen: Instant,
+}
+
+/// Per-span overhead beyond the encoded size (ids, times, vectors), used for the memory bound.
+const SPAN_OVERHEAD: usize = 96;
+
+/// Groups spans into traces and decides when to release them.
+pub struct Assembler {
+    config: AssembleConfig,
+    traces: HashMap<TraceId, TraceState>,
+    deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
+    by_age: BTreeSet<(Instant, TraceId)>,
+    bytes: usize,
+    counts: Counts,
+}
+
+impl Assembler {
+    /// An empty assembler.
+    pub fn new(config: AssembleConfig) -> Self {
+        Self {
+            config,
+            traces: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            by_age: BTreeSet::new(),
+            bytes: 0,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Open and recently released traces held.
+    pub fn traces(&self) -> usize {
+        self.traces.len()
+    }
+
+    /// Bytes of spans held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// What happened so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// When the oldest held trace started, if any.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.by_age.first().map(|(t, _)| *t)
+    }
+
+    /// The next moment [`release_due`](Self::release_due) has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Takes a batch in; releases traces that reached their size bound, and the oldest traces if
+    /// held bytes exceed the memory bound.
+    pub fn ingest(&mut self, batch: &SpanBatch, now: Instant, out: &mut Vec<Release>) {
+        for trace in &batch.traces {
+            let experiment = batch.meta.experiment_id.clone();
+            for group in &trace.groups {
+                for span in &group.spans {
+                    self.add(trace.trace_id, &group.origin, span, experiment.clone(), now);
+                }
+            }
+            let state = &self.traces[&trace.trace_id];
+            if state.dirty
+                && (state.spans.len() >= self.config.max_spans_per_trace
+                    || state.bytes >= self.config.max_trace_bytes.as_usize())
+            {
+                out.push(self.release(trace.trace_id, ReleaseReason::Size, now));
+            }
+        }
+        self.relieve_memory(now, out);
+    }
+
+    fn add(
+        &mut self,
+        trace_id: TraceId,
+        origin: &Arc<Origin>,
+        span: &Span,
+        experiment: Option<Arc<str>>,
+        now: Instant,
+    ) {
+        let span_id = SpanId::from_slice(&span.span_id).expect("spans are validated at receive");
+        let state = self.traces.entry(trace_id).or_insert_with(|| {
+            self.by_age.insert((now, trace_id));
+            TraceState {
+                spans: IndexMap::new(),
+                bytes: 0,
+                root_seen: false,
+                open_since: now,
+                last_seen: now,
+                revisions: 0,
+                dirty: false,
+                released_at: None,
+                experiment: None,
+                scheduled: now + self.config.max_trace_age.0,
+                first_seen: now,
+            }
+        });
+        if let Some(held) = state.spans.get(&span_id)
+            && held.span == *span
+        {
+            self.counts.duplicate_spans += 1;
+            return;
+        }
+        if state.released_at.is_some() {
+            self.counts.late_spans += 1;
+        }
+        if !state.dirty {
+            state.dirty = true;
+            state.open_since = now;
+            state.scheduled = now + self.config.max_trace_age.0;
+            self.deadlines.push(Reverse((state.scheduled, trace_id)));
+        }
+        self.counts.spans_in += 1;
+        let bytes = span.encoded_len() + SPAN_OVERHEAD;
+        let held = Held {
+            origin: Arc::clone(origin),
+            span: span.clone(),
+            bytes,
+        };
+        if let Some(old) = state.spans.insert(span_id, held) {
+            state.bytes -= old.bytes;
+            self.bytes -= old.bytes;
+        }
+        state.bytes += bytes;
+        self.bytes += bytes;
+        state.root_seen |= span.parent_span_id.is_empty();
+        state.last_seen = now;
+        state.experiment = state.experiment.take().or(experiment);
+        let due = due(&self.config, state);
+        if due < state.scheduled {
+            state.scheduled = due;
+            self.deadlines.push(Reverse((due, trace_id)));
+        }
+    }
+
+    /// Releases every trace whose time has come, and forgets released traces whose late-span
+    /// window has ended.
+    pub fn release_due(&mut self, now: Instant, out: &mut Vec<Release>) {
+        while let Some(&Reverse((when, trace_id))) = self.deadlines.peek() {
+            if when > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(state) = self.traces.get_mut(&trace_id) else {
+                continue;
+            };
+            if state.scheduled != when {
+                continue; // a stale entry; the trace has another deadline
+            }
+            if !state.dirty {
+                // Released and quiet: the late-span window has ended.
+                self.forget(trace_id);
+                continue;
+            }
+            let due = due(&self.config, state);
+            if due > now {
+                state.scheduled = due;
+                self.deadlines.push(Reverse((due, trace_id)));
+                continue;
+            }
+            let reason = if state.root_seen && state.last_seen + self.config.idle_timeout.0 <= now {
+                ReleaseReason::Complete
+            } else {
+                ReleaseReason::MaxAge
+            };
+            out.push(self.release(trace_id, reason, now));
+        }
+    }
+
+    /// Releases every trace with unreleased spans (shutdown); forgets everything.
+    pub fn drain(&mut self, now: Instant, out: &mut Vec<Release>) {
+        let dirty: Vec<TraceId> = self
+            .by_age
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| self.traces[id].dirty)
+            .collect();
+        for trace_id in dirty {
+            let reason = ReleaseReason::Shutdown;
+            out.push(self.release(trace_id, reason, now));
+        }
+        let all: Vec<TraceId> = self.traces.keys().copied().collect();
+        for trace_id in all {
+            self.forget(trace_id);
+        }
+    }
+
+    fn release(&mut self, trace_id: TraceId, reason: ReleaseReason, now: Instant) -> Release {
+        let late_window = self.config.late_span_window.0;
+        let state = self
+            .traces
+            .get_mut(&trace_id)
+            .expect("releasing a held trace");
+        state.revisions += 1;
+        state.dirty = false;
+        state.released_at = Some(now);
+        state.scheduled = now + late_window;
+        self.deadlines.push(Reverse((state.scheduled, trace_id)));
+        let mut groups: Vec<SpanGroup> = Vec::new();
+        for held in state.spans.values() {
+            match groups.last_mut() {
+                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(held.span.clone()),
+                _ => groups.push(SpanGroup {
+                    origin: Arc::clone(&held.origin),
+                    spans: vec![held.span.clone()],
+                }),
+            }
+        }
+        Release {
+            trace_id,
+            revision: state.revisions,
+            reason,
+            groups,
+            experiment: state.experiment.clone(),
+        }
+    }
+
+    fn forget(&mut self, trace_id: TraceId) {
+        if let Some(state) = self.traces.remove(&trace_id) {
+            self.bytes -= state.bytes;
+            self.by_age.remove(&(state.first_seen, trace_id));
+        }
+    }
+
+    /// Over the memory bound: forget released traces (oldest first), then release the oldest open
+    /// traces early and forget them.
+    fn relieve_memory(&mut self, now: Instant, out: &mut Vec<Release>) {
+        let bound = self.config.max_in_flight_bytes.as_usize();
+        if self.bytes <= bound {
+            return;
+        }
+        let released: Vec<TraceId> = self
+            .by_age
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !self.traces[id].dirty)
+            .collect();
+        for trace_id in released {
+            if self.bytes <= bound {
+                return;
+            }
+            self.counts.forgotten_early += 1;
+            self.forget(trace_id);
+        }
+        while self.bytes > bound {
+            let Some(&(_, trace_id)) = self.by_age.first() else {
+                break;
+            };
+            out.push(self.release(trace_id, ReleaseReason::Memory, now));
+            self.forget(trace_id);
+        }
+    }
+}
+
+/// When a trace with unreleased spans should be released: after `idle_timeout` of quiet once
+/// its root is there, at `max_trace_age` in any case.
+fn due(config: &AssembleConfig, state: &TraceState) -> Instant {
+    let age_limit = state.open_since + config.max_trace_age.0;
+    if state.root_seen {
+        (state.last_seen + config.idle_timeout.0).min(age_limit)
+    } else {
+        age_limit
+    }
+}

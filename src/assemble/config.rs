@@ -1,0 +1,41 @@
+//! `pipelines.<name>.assemble` in the pipeline file.
+
+use serde::Deserialize;
+
+use crate::config::units::{ByteSize, HumanDuration};
+
+/// When traces are released, and how much may be held.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssembleConfig {
+    /// A trace whose root has arrived is released once no span of it arrived for this long.
+    /// Long enough for a service's batch exporter to flush after the root's (OpenTelemetry SDKs
+    /// flush every 5 s by default), short enough that traces appear promptly.
+    pub idle_timeout: HumanDuration,
+    /// A trace is released at this age even without its root (flagged partial); the next spans
+    /// make a new revision.
+    pub max_trace_age: HumanDuration,
+    /// A trace with this many spans is released early (flagged) and keeps accumulating.
+    pub max_spans_per_trace: usize,
+    /// A trace holding this many bytes is released early (flagged) and keeps accumulating.
+    pub max_trace_bytes: ByteSize,
+    /// How long a released trace is kept so that late spans produce a complete new revision.
+    pub late_span_window: HumanDuration,
+    /// Most bytes of spans held at once; beyond it released traces are forgotten first, then
+    /// the oldest open traces are released early (flagged).
+    pub max_in_flight_bytes: ByteSize,
+}
+
+impl Default for AssembleConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            idle_timeout: HumanDuration(Duration::from_secs(5)),
+            max_trace_age: HumanDuration(Duration::from_secs(300)),
+            max_spans_per_trace: 100_000,
+            max_trace_bytes: ByteSize::mib(64),
+            late_span_window: HumanDuration(Duration::from_secs(300)),
+            max_in_flight_bytes: ByteSize::mib(256),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The release policy, driven by a synthetic clock.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+use crate::config::units::{ByteSize, HumanDuration};
+use crate::model::{Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans};
+use crate::otlp::Span;
+use crate::testkit;
+
+const T: [u8; 16] = [1; 16];
+
+fn config() -> AssembleConfig {
+    AssembleConfig {
+        idle_timeout: HumanDuration(Duration::from_secs(5)),
+        max_trace_age: HumanDuration(Duration::from_secs(60)),
+        max_spans_per_trace: 1000,
+        max_trace_bytes: ByteSize::mib(64),
+        late_span_window: HumanDuration(Duration::from_secs(120)),
+        max_in_flight_bytes: ByteSize::mib(64),
+    }
+}
+
+fn batch(trace: [u8; 16], spans: Vec<Span>, experiment: Option<&str>) -> SpanBatch {
+    SpanBatch {
+        meta: ReceiveMeta {
+            receiver: "otlp".into(),
+            protocol: Protocol::Grpc,
+            received_at: SystemTime::UNIX_EPOCH,
+            experiment_id: experiment.map(Arc::from),
+        },
+        traces: vec![TraceSpans {
+            trace_id: TraceId(trace),
+            groups: vec![SpanGroup {
+                origin: Arc::new(Origin::default()),
+                spans,
+            }],
+        }],
+        encoded_bytes: 100,
+    }
+}
+
+fn root(trace: [u8; 16]) -> Span {
+    testkit::span(trace, [1; 8], &[], "root")
+}
+
+fn child(trace: [u8; 16], id: u8) -> Span {
+    testkit::span(trace, [id; 8], &[1; 8], "child")
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn at(&self, secs: u64) -> Instant {
+        self.0 + Duration::from_secs(secs)
+    }
+}
+
+fn run(a: &mut Assembler, at: Instant) -> Vec<Release> {
+    let mut out = Vec::new();
+    a.release_due(at, &mut out);
+    out
+}
+
+fn ingest(a: &mut Assembler, b: &SpanBatch, at: Instant) -> Vec<Release> {
+    let mut out = Vec::new();
+    a.ingest(b, at, &mut out);
+    out
+}
+
+#[test]
+fn children_first_then_root_release_once_after_idle() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    assert!(
+        ingest(
+            &mut a,
+            &batch(T, vec![child(T, 2), child(T, 3)], Some("5")),
+            c.at(0)
+        )
+        .is_empty()
+    );
+    assert!(run(&mut a, c.at(30)).is_empty(), "no root: waits for it");
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(31));
+    assert!(run(&mut a, c.at(35)).is_empty(), "idle for 4 s only");
+    let out = run(&mut a, c.at(36));
+    assert_eq!(out.len(), 1);
+    let r = &out[0];
+    assert_eq!(
+        (r.revision, r.reason, r.span_count()),
+        (1, ReleaseReason::Complete, 3)
+    );
+    assert!(!r.partial());
+    assert_eq!(r.experiment.as_deref(), Some("5"), "the first header seen");
+    assert!(run(&mut a, c.at(100)).is_empty(), "released once");
+}
+
+#[test]
+fn root_first_waits_for_the_children() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
+    ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(3));
+    assert!(
+        run(&mut a, c.at(7)).is_empty(),
+        "the child reset the idle clock"
+    );
+    let out = run(&mut a, c.at(8));
+    assert_eq!(out[0].span_count(), 2);
+}
+
+#[test]
+fn duplicates_are_counted_and_changed_spans_replace() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(0));
+    ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(1));
+    let mut renamed = child(T, 2);
+    renamed.name = "renamed".into();
+    ingest(&mut a, &batch(T, vec![renamed], None), c.at(2));
+    assert_eq!(a.counts().duplicate_spans, 2);
+    let out = run(&mut a, c.at(7));
+    assert_eq!(out[0].span_count(), 2);
+    let names: Vec<_> = out[0]
+        .groups
+        .iter()
+        .flat_map(|g| &g.spans)
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![bytes::Bytes::from("root"), bytes::Bytes::from("renamed")]
+    );
+}
+
+#[test]
+fn a_late_span_makes_revision_two_with_all_spans() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(0));
+    assert_eq!(run(&mut a, c.at(5))[0].revision, 1);
+    ingest(&mut a, &batch(T, vec![child(T, 3)], None), c.at(50));
+    let out = run(&mut a, c.at(55));
+    assert_eq!(
+        (out[0].revision, out[0].span_count(), out[0].reason),
+        (2, 3, ReleaseReason::Complete)
+    );
+    assert_eq!(a.counts().late_spans, 1);
+    // A re-sent span after release is a duplicate: no new revision.
+    ingest(&mut a, &batch(T, vec![child(T, 3)], None), c.at(60));
+    assert!(run(&mut a, c.at(70)).is_empty());
+}
+
+#[test]
+fn after_the_late_window_a_span_starts_a_fresh_partial_trace() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
+    run(&mut a, c.at(5));
+    assert!(run(&mut a, c.at(125)).is_empty());
+    assert_eq!(a.traces(), 0, "forgotten after late_span_window");
+    ingest(&mut a, &batch(T, vec![child(T, 9)], None), c.at(130));
+    let out = run(&mut a, c.at(190));
+    assert_eq!(
+        (out[0].revision, out[0].reason, out[0].span_count()),
+        (1, ReleaseReason::MaxAge, 1)
+    );
+    assert!(out[0].partial());
+}
+
+#[test]
+fn a_trace_without_root_is_released_at_max_age_flagged() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(0));
+    assert!(run(&mut a, c.at(59)).is_empty());
+    let out = run(&mut a, c.at(60));
+    assert_eq!(out[0].reason, ReleaseReason::MaxAge);
+}
+
+#[test]
+fn a_busy_trace_is_released_at_max_age_even_with_its_root() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
+    for s in 1..=30u64 {
+        ingest(
+            &mut a,
+            &batch(T, vec![child(T, s as u8 + 1)], None),
+            c.at(s * 2),
+        );
+        let out = run(&mut a, c.at(s * 2));
+        if s * 2 >= 60 {
+            assert_eq!(out[0].reason, ReleaseReason::MaxAge);
+            return;
+        }
+        assert!(out.is_empty(), "at {}s", s * 2);
+    }
+    panic!("never released");
+}
+
+#[test]
+fn size_bound_releases_early_and_keeps_accumulating() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(AssembleConfig {
+        max_spans_per_trace: 3,
+        ..config()
+    });
+    assert!(ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(0)).is_empty());
+    let out = ingest(&mut a, &batch(T, vec![child(T, 3)], None), c.at(1));
+    assert_eq!(
+        (out[0].reason, out[0].span_count(), out[0].revision),
+        (ReleaseReason::Size, 3, 1)
+    );
+    let out = ingest(&mut a, &batch(T, vec![child(T, 4)], None), c.at(2));
+    assert_eq!(
+        (out[0].span_count(), out[0].revision),
+        (4, 2),
+        "nothing lost, next revision"
+    );
+}
+
+#[test]
+fn memory_bound_forgets_released_then_releases_the_oldest() {
+    let c = Clock(Instant::now());
+    let one_trace = {
+        let mut probe = Assembler::new(config());
+        ingest(
+            &mut probe,
+            &batch(T, vec![root(T), child(T, 2)], None),
+            c.at(0),
+        );
+        probe.bytes()
+    };
+    let mut a = Assembler::new(AssembleConfig {
+        max_in_flight_bytes: ByteSize((one_trace * 2) as u64),
+        ..config()
+    });
+    let ids: Vec<[u8; 16]> = (1..=4).map(|n| [n; 16]).collect();
+    ingest(
+        &mut a,
+        &batch(ids[0], vec![root(ids[0]), child(ids[0], 2)], None),
+        c.at(0),
+    );
+    run(&mut a, c.at(5)); // trace 1 released, still held for late spans
+    ingest(
+        &mut a,
+        &batch(ids[1], vec![root(ids[1]), child(ids[1], 2)], None),
+        c.at(6),
+    );
+    let out = ingest(
+        &mut a,
+        &batch(ids[2], vec![root(ids[2]), child(ids[2], 2)], None),
+        c.at(7),
+    );
+    assert!(out.is_empty(), "forgetting the released trace was enough");
+    assert_eq!(a.counts().forgotten_early, 1);
+    let out = ingest(
+        &mut a,
+        &batch(ids[3], vec![root(ids[3]), child(ids[3], 2)], None),
+        c.at(8),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].trace_id, out[0].reason),
+        (TraceId(ids[1]), ReleaseReason::Memory)
+    );
+    assert!(a.bytes() <= one_trace * 2);
+}
+
+#[test]
+fn drain_releases_everything_unreleased_flagged() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
+    run(&mut a, c.at(5));
+    ingest(
+        &mut a,
+        &batch([2; 16], vec![child([2; 16], 2)], None),
+        c.at(6),
+    );
+    let mut out = Vec::new();
+    a.drain(c.at(7), &mut out);
+    assert_eq!(out.len(), 1, "only traces with unreleased spans");
+    assert_eq!(out[0].reason, ReleaseReason::Shutdown);
+    assert_eq!((a.traces(), a.bytes()), (0, 0));
+}
+
+#[test]
+fn many_open_traces_release_in_deadline_order() {
+    let c = Clock(Instant::now());
+    let mut a = Assembler::new(config());
+    for n in 0..50_000u32 {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_be_bytes());
+        id[15] = 1;
+        ingest(
+            &mut a,
+            &batch(id, vec![root(id)], None),
+            c.at(u64::from(n % 10)),
+        );
+    }
+    assert_eq!(a.traces(), 50_000);
+    let out = run(&mut a, c.at(9));
+    assert_eq!(out.len(), 25_000, "those idle since t <= 4 s");
+    let out = run(&mut a, c.at(14));
+    assert_eq!(out.len(), 25_000);
+}
