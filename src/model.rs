@@ -172,6 +172,19 @@ impl SpanBatch {
     }
 }
 
+/// A released trace revision on its way to the sinks: the OTLP spans (for OTLP encodings) and
+/// the MLflow trace built from them.
+#[derive(Debug)]
+pub struct AssembledTrace {
+    /// The revision as the assembler released it.
+    pub release: crate::assemble::Release,
+    /// The MLflow trace, with `traceloom.revision` metadata and, when partial, the
+    /// `traceloom.partial` and `traceloom.partial_reason` tags.
+    pub trace: crate::mlflow::Trace,
+    /// Approximate size in memory, charged to sink queues.
+    pub bytes: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -110,6 +110,9 @@ pub struct PipelineConfig {
     /// The pipeline's input queue.
     #[serde(default)]
     pub queue: QueueConfig,
+    /// When traces are complete enough to release.
+    #[serde(default)]
+    pub assemble: crate::assemble::AssembleConfig,
     /// How spans become MLflow traces.
     #[serde(default)]
     pub mlflow: MlflowConfig,

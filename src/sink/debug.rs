@@ -1,33 +1,26 @@
-//! The `debug` sink: JSON lines to stdout or a file, in one of two formats.
+//! The `debug` sink: JSON lines to stdout or a file, one per released trace revision.
 //!
-//! `format: mlflow` (the default) writes one MLflow trace per line, exactly as MLflow's
-//! `Trace.to_dict()` writes it; until trace assembly lands, each is built from the spans of one
-//! trace in one request.
-//!
-//! `format: otlp` writes one line per accepted request: the receive metadata and the spans per
-//! trace in OTLP/JSON form:
+//! `format: mlflow` (the default) writes the MLflow trace exactly as MLflow's `Trace.to_dict()`
+//! writes it. `format: otlp` writes the revision's OTLP spans:
 //!
 //! ```json
-//! {"receiver":"otlp","protocol":"grpc","received_at":"2026-11-21T09:41:16.067Z",
-//!  "experiment_id":"1","span_count":2,
-//!  "traces":[{"trace_id":"5b8e…","resourceSpans":[{"resource":{…},"scopeSpans":[…]}]}]}
+//! {"trace_id":"5b8e…","revision":1,"release_reason":"complete","partial":false,
+//!  "experiment_id":"1","span_count":3,
+//!  "resourceSpans":[{"resource":{…},"scopeSpans":[{"scope":{…},"spans":[…]}]}]}
 //! ```
 //!
-//! Lines are flushed one by one, so a reader sees each batch as soon as it is written; a slow
+//! Lines are flushed one by one, so a reader sees each trace as soon as it is written; a slow
 //! reader (or a pipe nobody reads) makes the sink wait, which is back-pressure, not loss.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, SinkError, SinkInput};
-use crate::config::MlflowConfig;
-use crate::model::{SpanBatch, TraceSpans};
-use crate::otlp::ResourceSpans;
+use crate::model::{AssembledTrace, TraceSpans};
 use crate::receive::json::JsonResourceSpans;
-use crate::telemetry::metrics::{Metrics, SinkMetrics};
+use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;
 
 /// `type: debug`.
@@ -49,7 +42,7 @@ pub enum DebugFormat {
     /// One MLflow trace (`Trace.to_dict()`) per line.
     #[default]
     Mlflow,
-    /// One accepted request per line, spans in OTLP/JSON.
+    /// One revision's OTLP spans per line, in OTLP/JSON.
     Otlp,
 }
 
@@ -61,9 +54,7 @@ fn stdout() -> String {
 pub struct DebugSink {
     target: Option<PathBuf>,
     format: DebugFormat,
-    mlflow: MlflowConfig,
     metrics: SinkMetrics,
-    process_metrics: Arc<Metrics>,
 }
 
 impl DebugConfig {
@@ -72,12 +63,7 @@ impl DebugConfig {
     /// # Errors
     ///
     /// [`BuildError::Path`] when the directory cannot be created.
-    pub fn build(
-        &self,
-        metrics: SinkMetrics,
-        mlflow: MlflowConfig,
-        process_metrics: Arc<Metrics>,
-    ) -> Result<DebugSink, BuildError> {
+    pub fn build(&self, metrics: SinkMetrics) -> Result<DebugSink, BuildError> {
         let target = (self.path != "-").then(|| PathBuf::from(&self.path));
         if let Some(dir) = target
             .as_deref()
@@ -92,75 +78,55 @@ impl DebugConfig {
         Ok(DebugSink {
             target,
             format: self.format,
-            mlflow,
             metrics,
-            process_metrics,
         })
     }
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
-    receiver: &'a str,
-    protocol: &'static str,
-    received_at: String,
-    experiment_id: Option<&'a str>,
-    span_count: usize,
-    traces: Vec<TraceEntry>,
-}
-
-#[derive(Serialize)]
-struct TraceEntry {
+struct OtlpLine<'a> {
     trace_id: String,
-    #[serde(rename = "resourceSpans", serialize_with = "as_otlp_json")]
-    resource_spans: Vec<ResourceSpans>,
+    revision: u32,
+    release_reason: &'static str,
+    partial: bool,
+    experiment_id: &'a str,
+    span_count: usize,
+    #[serde(rename = "resourceSpans")]
+    resource_spans: JsonResourceSpans<'a>,
 }
 
-fn as_otlp_json<S: serde::Serializer>(rs: &[ResourceSpans], s: S) -> Result<S::Ok, S::Error> {
-    JsonResourceSpans(rs).serialize(s)
-}
-
-/// Renders one batch as MLflow traces, one JSON line per trace (each ending in a newline),
-/// counting the MLflow limits applied.
-pub fn render_mlflow(batch: &SpanBatch, mlflow: &MlflowConfig, metrics: &Metrics) -> String {
-    let mut out = String::new();
-    for t in &batch.traces {
-        let experiment = batch.meta.experiment_id.as_deref();
-        let (trace, report) = crate::mlflow::build(
-            t.trace_id,
-            &t.groups,
-            experiment,
-            &mlflow.default_experiment,
-        );
-        metrics.mlflow_limits(&report);
-        out.push_str(&serde_json::to_string(&trace).expect("an MLflow trace has only string keys"));
-        out.push('\n');
-    }
-    out
-}
-
-/// Renders one batch as its OTLP JSON line (without the newline).
-pub fn render(batch: &SpanBatch) -> String {
-    let line = Line {
-        receiver: &batch.meta.receiver,
-        protocol: batch.meta.protocol.as_str(),
-        received_at: humantime::format_rfc3339_millis(batch.meta.received_at).to_string(),
-        experiment_id: batch.meta.experiment_id.as_deref(),
-        span_count: batch.span_count(),
-        traces: batch
-            .traces
-            .iter()
-            .map(|t: &TraceSpans| TraceEntry {
-                trace_id: t.trace_id.to_string(),
-                resource_spans: t.to_resource_spans(),
+/// Renders one revision as its line (without the newline).
+pub fn render(trace: &AssembledTrace, format: DebugFormat) -> String {
+    let json = match format {
+        DebugFormat::Mlflow => serde_json::to_string(&trace.trace),
+        DebugFormat::Otlp => {
+            let r = &trace.release;
+            let spans = TraceSpans {
+                trace_id: r.trace_id,
+                groups: r.groups.clone(),
+            }
+            .to_resource_spans();
+            serde_json::to_string(&OtlpLine {
+                trace_id: r.trace_id.to_string(),
+                revision: r.revision,
+                release_reason: r.reason.as_str(),
+                partial: r.partial(),
+                experiment_id: &trace
+                    .trace
+                    .info
+                    .trace_location
+                    .mlflow_experiment
+                    .experiment_id,
+                span_count: r.span_count(),
+                resource_spans: JsonResourceSpans(&spans),
             })
-            .collect(),
+        }
     };
-    serde_json::to_string(&line).expect("the debug line has only string keys and finite numbers")
+    json.expect("debug lines have only string keys")
 }
 
 impl DebugSink {
-    /// Writes every batch until the input closes.
+    /// Writes every revision until the input closes.
     ///
     /// # Errors
     ///
@@ -185,15 +151,13 @@ impl DebugSink {
                     .map_err(write_err)?,
             ),
         };
-        while let Some(batch) = input.recv().await {
-            let lines = match self.format {
-                DebugFormat::Mlflow => render_mlflow(&batch, &self.mlflow, &self.process_metrics),
-                DebugFormat::Otlp => render(&batch) + "\n",
-            };
-            out.write_all(lines.as_bytes()).await.map_err(write_err)?;
+        while let Some(trace) = input.recv().await {
+            let mut line = render(&trace, self.format);
+            line.push('\n');
+            out.write_all(line.as_bytes()).await.map_err(write_err)?;
             out.flush().await.map_err(write_err)?;
-            self.metrics.batches.inc();
-            self.metrics.spans.inc_by(batch.span_count() as u64);
+            self.metrics.traces.inc();
+            self.metrics.spans.inc_by(trace.release.span_count() as u64);
         }
         out.shutdown().await.map_err(write_err)
     }

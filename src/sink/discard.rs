@@ -29,9 +29,9 @@ impl DiscardSink {
     ///
     /// Never fails; the signature matches the other sinks.
     pub async fn run(self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
-        while let Some(batch) = input.recv().await {
-            self.metrics.batches.inc();
-            self.metrics.spans.inc_by(batch.span_count() as u64);
+        while let Some(trace) = input.recv().await {
+            self.metrics.traces.inc();
+            self.metrics.spans.inc_by(trace.release.span_count() as u64);
         }
         Ok(())
     }

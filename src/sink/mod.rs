@@ -15,12 +15,12 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::tagged::{self, Tagged};
 
-use crate::model::SpanBatch;
+use crate::model::AssembledTrace;
 use crate::telemetry::metrics::Metrics;
 use crate::topology::queue::QueueRx;
 
-/// What flows into sinks. Shared between the sinks of a fan-out.
-pub type SinkInput = Arc<SpanBatch>;
+/// What flows into sinks: released trace revisions, shared between the sinks of a fan-out.
+pub type SinkInput = Arc<AssembledTrace>;
 
 /// A sink, chosen by `type:`.
 #[derive(Debug)]
@@ -77,14 +77,6 @@ pub enum SinkError {
     },
 }
 
-/// What a sink's build step may need from its pipeline.
-pub struct BuildContext<'a> {
-    /// Process metrics, for the sink's own handles.
-    pub metrics: &'a std::sync::Arc<Metrics>,
-    /// The pipeline's MLflow settings.
-    pub mlflow: &'a crate::config::MlflowConfig,
-}
-
 /// A built sink, ready to run.
 pub enum Sink {
     /// See [`debug::DebugSink`].
@@ -94,19 +86,15 @@ pub enum Sink {
 }
 
 impl SinkConfig {
-    /// Checks the config and prepares the sink named `name` of the pipeline described by `cx`.
+    /// Checks the config and prepares the sink named `name`.
     ///
     /// # Errors
     ///
     /// [`BuildError`] naming what could not be prepared.
-    pub fn build(&self, name: &str, cx: &BuildContext<'_>) -> Result<Sink, BuildError> {
-        let metrics = cx.metrics.sink(name);
+    pub fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
+        let metrics = metrics.sink(name);
         Ok(match self {
-            SinkConfig::Debug(c) => Sink::Debug(c.build(
-                metrics,
-                cx.mlflow.clone(),
-                std::sync::Arc::clone(cx.metrics),
-            )?),
+            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics)?),
             SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
         })
     }

@@ -38,6 +38,17 @@ struct NameLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PipelineLabel {
+    pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReleaseLabels {
+    pipeline: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
     limit: &'static str,
 }
@@ -83,9 +94,19 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     queue_bytes: Family<NameLabel, Gauge>,
     queue_capacity: Family<NameLabel, Gauge>,
-    sink_batches: Family<SinkLabel, Counter>,
+    sink_traces: Family<SinkLabel, Counter>,
     sink_spans: Family<SinkLabel, Counter>,
     mlflow_limits: Family<LimitLabel, Counter>,
+    assembler_spans_in: Family<PipelineLabel, Counter>,
+    assembler_spans_out: Family<PipelineLabel, Counter>,
+    assembler_duplicates: Family<PipelineLabel, Counter>,
+    assembler_late: Family<PipelineLabel, Counter>,
+    assembler_forgotten: Family<PipelineLabel, Counter>,
+    assembler_released: Family<ReleaseLabels, Counter>,
+    assembler_revisions: Family<PipelineLabel, Counter>,
+    assembler_open: Family<PipelineLabel, Gauge>,
+    assembler_bytes: Family<PipelineLabel, Gauge>,
+    assembler_oldest: Family<PipelineLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -104,9 +125,19 @@ impl Metrics {
             requests: Family::default(),
             queue_bytes: Family::default(),
             queue_capacity: Family::default(),
-            sink_batches: Family::default(),
+            sink_traces: Family::default(),
             sink_spans: Family::default(),
             mlflow_limits: Family::default(),
+            assembler_spans_in: Family::default(),
+            assembler_spans_out: Family::default(),
+            assembler_duplicates: Family::default(),
+            assembler_late: Family::default(),
+            assembler_forgotten: Family::default(),
+            assembler_released: Family::default(),
+            assembler_revisions: Family::default(),
+            assembler_open: Family::default(),
+            assembler_bytes: Family::default(),
+            assembler_oldest: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,9 +166,9 @@ impl Metrics {
             m.queue_capacity.clone(),
         );
         registry.register(
-            "sink_written_batches",
-            "Batches a sink has written",
-            m.sink_batches.clone(),
+            "sink_written_traces",
+            "Trace revisions a sink has written",
+            m.sink_traces.clone(),
         );
         registry.register(
             "sink_written_spans",
@@ -148,6 +179,60 @@ impl Metrics {
             "mlflow_limits_applied",
             "MLflow limits applied while building traces (session_rejected, tag_dropped, tag_truncated, metadata_truncated)",
             m.mlflow_limits.clone(),
+        );
+        for (name, help, family) in [
+            (
+                "assembler_spans_in",
+                "Spans taken into assembly (new or changed)",
+                &m.assembler_spans_in,
+            ),
+            (
+                "assembler_spans_out",
+                "Spans in released trace revisions",
+                &m.assembler_spans_out,
+            ),
+            (
+                "assembler_duplicate_spans",
+                "Re-sent spans identical to one held",
+                &m.assembler_duplicates,
+            ),
+            (
+                "assembler_late_spans",
+                "Spans that arrived after their trace was released",
+                &m.assembler_late,
+            ),
+            (
+                "assembler_forgotten_early_traces",
+                "Released traces forgotten before their late-span window to respect max_in_flight_bytes",
+                &m.assembler_forgotten,
+            ),
+            (
+                "assembler_revisions",
+                "Revisions after the first (late spans, size releases)",
+                &m.assembler_revisions,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "assembler_released_traces",
+            "Trace revisions released, by reason (complete, max_age, size, memory, shutdown)",
+            m.assembler_released.clone(),
+        );
+        registry.register(
+            "assembler_open_traces",
+            "Traces held (open or in their late-span window)",
+            m.assembler_open.clone(),
+        );
+        registry.register(
+            "assembler_held_bytes",
+            "Bytes of spans held by the assembler",
+            m.assembler_bytes.clone(),
+        );
+        registry.register(
+            "assembler_oldest_trace_age_seconds",
+            "Age of the oldest trace held",
+            m.assembler_oldest.clone(),
         );
         Self { registry, ..m }
     }
@@ -188,7 +273,7 @@ impl Metrics {
     pub fn sink(&self, sink: &str) -> SinkMetrics {
         let label = SinkLabel { sink: sink.into() };
         SinkMetrics {
-            batches: self.sink_batches.get_or_create(&label).clone(),
+            traces: self.sink_traces.get_or_create(&label).clone(),
             spans: self.sink_spans.get_or_create(&label).clone(),
         }
     }
@@ -209,6 +294,81 @@ impl Metrics {
                     .inc_by(n as u64);
             }
         }
+    }
+}
+
+impl Metrics {
+    /// Handles for one pipeline's assembler.
+    pub fn assembler(self: &Arc<Self>, pipeline: &str) -> AssemblerMetrics {
+        let label = PipelineLabel {
+            pipeline: pipeline.into(),
+        };
+        AssemblerMetrics {
+            pipeline: pipeline.into(),
+            spans_in: self.assembler_spans_in.get_or_create(&label).clone(),
+            spans_out: self.assembler_spans_out.get_or_create(&label).clone(),
+            duplicates: self.assembler_duplicates.get_or_create(&label).clone(),
+            late: self.assembler_late.get_or_create(&label).clone(),
+            forgotten: self.assembler_forgotten.get_or_create(&label).clone(),
+            revisions: self.assembler_revisions.get_or_create(&label).clone(),
+            open: self.assembler_open.get_or_create(&label).clone(),
+            bytes: self.assembler_bytes.get_or_create(&label).clone(),
+            oldest: self.assembler_oldest.get_or_create(&label).clone(),
+            metrics: Arc::clone(self),
+            last: crate::assemble::Counts::default(),
+        }
+    }
+}
+
+/// One pipeline's assembler metrics; `observe` after each step brings them up to date.
+#[derive(Debug)]
+pub struct AssemblerMetrics {
+    pipeline: String,
+    spans_in: Counter,
+    spans_out: Counter,
+    duplicates: Counter,
+    late: Counter,
+    forgotten: Counter,
+    revisions: Counter,
+    open: Gauge,
+    bytes: Gauge,
+    oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
+    last: crate::assemble::Counts,
+}
+
+impl AssemblerMetrics {
+    /// Records the assembler's state and the revisions it just released.
+    pub fn observe(
+        &mut self,
+        assembler: &crate::assemble::Assembler,
+        released: &[crate::assemble::Release],
+    ) {
+        let now = assembler.counts();
+        self.spans_in.inc_by(now.spans_in - self.last.spans_in);
+        self.duplicates
+            .inc_by(now.duplicate_spans - self.last.duplicate_spans);
+        self.late.inc_by(now.late_spans - self.last.late_spans);
+        self.forgotten
+            .inc_by(now.forgotten_early - self.last.forgotten_early);
+        self.last = now;
+        for r in released {
+            self.spans_out.inc_by(r.span_count() as u64);
+            if r.revision > 1 {
+                self.revisions.inc();
+            }
+            let labels = ReleaseLabels {
+                pipeline: self.pipeline.clone(),
+                reason: r.reason.as_str(),
+            };
+            self.metrics.assembler_released.get_or_create(&labels).inc();
+        }
+        self.open.set(assembler.traces() as i64);
+        self.bytes.set(assembler.bytes() as i64);
+        let age = assembler
+            .oldest()
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.oldest.set(age);
     }
 }
 
@@ -260,8 +420,8 @@ pub struct QueueGauges {
 /// Counters of one sink.
 #[derive(Clone, Debug, Default)]
 pub struct SinkMetrics {
-    /// Batches written.
-    pub batches: Counter,
+    /// Trace revisions written.
+    pub traces: Counter,
     /// Spans written.
     pub spans: Counter,
 }

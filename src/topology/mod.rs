@@ -16,6 +16,7 @@
 //! (3) sinks write what they hold, flush and return; (4) the admin server stops last. Anything
 //! still running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero.
 
+pub mod pipeline;
 pub mod queue;
 
 use std::collections::BTreeMap;
@@ -30,10 +31,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::config::{Config, ReceiverConfig};
 use crate::model::{Protocol, SpanBatch};
 use crate::receive::{BoxFuture, Exporter, Ingest, SubmitError};
-use crate::sink::{self, SinkInput};
+use crate::sink;
 use crate::telemetry::admin::{self, Health};
 use crate::telemetry::metrics::Metrics;
-use queue::{QueueRx, QueueTx, SendError};
+use queue::{QueueTx, SendError};
 
 /// How long clients are told to wait after an overload answer.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -67,7 +68,7 @@ pub enum StartError {
 
 /// One pipeline's input as the router sees it.
 struct Route {
-    tx: QueueTx<SinkInput>,
+    tx: QueueTx<Arc<SpanBatch>>,
     admission_timeout: Duration,
 }
 
@@ -163,18 +164,16 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
     let mut routes = Routes::new();
     for (name, pipeline) in &config.pipelines {
         let mut sink_txs = Vec::new();
-        let cx = sink::BuildContext {
-            metrics: &metrics,
-            mlflow: &pipeline.mlflow,
-        };
+
         for (sink_name, sink_config) in &pipeline.sinks {
-            let sink = sink_config
-                .build(sink_name, &cx)
-                .map_err(|source| StartError::Sink {
-                    pipeline: name.clone(),
-                    sink: sink_name.clone(),
-                    source,
-                })?;
+            let sink =
+                sink_config
+                    .build(sink_name, &metrics)
+                    .map_err(|source| StartError::Sink {
+                        pipeline: name.clone(),
+                        sink: sink_name.clone(),
+                        source,
+                    })?;
             let label = format!("sink.{name}.{sink_name}");
             let (tx, rx) = queue::bounded(
                 pipeline.queue.max_bytes.as_usize(),
@@ -195,12 +194,15 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             metrics.queue(&label, pipeline.queue.max_bytes.as_usize()),
         );
         let span = info_span!("pipeline", pipeline = %name);
-        spawn_tracked(
-            &mut pipelines,
-            &failed,
-            label,
-            fan_out(rx, sink_txs).instrument(span),
-        );
+        let task = pipeline::Pipeline {
+            input: rx,
+            sinks: sink_txs,
+            assemble: pipeline.assemble.clone(),
+            mlflow: pipeline.mlflow.clone(),
+            metrics: Arc::clone(&metrics),
+            assembler_metrics: metrics.assembler(name),
+        };
+        spawn_tracked(&mut pipelines, &failed, label, task.run().instrument(span));
         for receiver in &pipeline.receivers {
             routes
                 .entry(receiver.value.clone())
@@ -322,28 +324,6 @@ fn spawn_tracked<F>(
         }
         (name, result)
     });
-}
-
-/// Sends every batch of a pipeline to each of its sinks' queues.
-async fn fan_out(
-    mut input: QueueRx<SinkInput>,
-    sinks: Vec<(String, QueueTx<SinkInput>)>,
-) -> Result<(), String> {
-    while let Some(batch) = input.recv().await {
-        for (name, tx) in &sinks {
-            // Waiting here when a sink queue is full is the back-pressure.
-            if tx
-                .send(Arc::clone(&batch), batch.encoded_bytes)
-                .await
-                .is_err()
-            {
-                return Err(format!(
-                    "sink {name} stopped while the pipeline was running"
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 impl Running {

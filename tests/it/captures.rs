@@ -1,6 +1,6 @@
 //! Every request captured from MLflow and the OpenTelemetry SDKs (`tests/fixtures/mlflow-captures`,
 //! copied from `shared/reference/mlflow-captures`) is accepted over HTTP/protobuf, HTTP/JSON (plain,
-//! gzip, zstd, deflate) and gRPC, and yields the same spans whichever way it came.
+//! gzip, zstd, deflate) and gRPC, and yields the same assembled traces whichever way it came.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,107 +88,112 @@ async fn post(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_capture_yields_the_same_spans_over_every_transport() {
+/// The ways a request can reach traceloom.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Protobuf,
+    ProtobufGzip,
+    ProtobufZstd,
+    ProtobufDeflate,
+    Json,
+    JsonGzip,
+    Grpc,
+}
+
+async fn send(c: &Collector, how: Transport, pb: &[u8], json: &[u8], experiment: Option<&str>) {
+    const PROTO: &str = "application/x-protobuf";
+    match how {
+        Transport::Protobuf => post(c, pb.to_vec(), PROTO, None, experiment).await,
+        Transport::ProtobufGzip => post(c, gzip(pb), PROTO, Some("gzip"), experiment).await,
+        Transport::ProtobufZstd => {
+            post(
+                c,
+                zstd::encode_all(pb, 3).unwrap(),
+                PROTO,
+                Some("zstd"),
+                experiment,
+            )
+            .await
+        }
+        Transport::ProtobufDeflate => {
+            post(c, deflate(pb), PROTO, Some("deflate"), experiment).await
+        }
+        Transport::Json => post(c, json.to_vec(), "application/json", None, experiment).await,
+        Transport::JsonGzip => {
+            post(
+                c,
+                gzip(json),
+                "application/json; charset=utf-8",
+                Some("gzip"),
+                experiment,
+            )
+            .await
+        }
+        Transport::Grpc => {
+            let mut client = TraceServiceClient::connect(c.grpc_url())
+                .await
+                .unwrap()
+                .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+            let mut request = tonic::Request::new(ExportTraceServiceRequest::decode(pb).unwrap());
+            if let Some(x) = experiment {
+                request
+                    .metadata_mut()
+                    .insert("x-mlflow-experiment-id", x.parse().unwrap());
+            }
+            let answer = client.export(request).await.unwrap().into_inner();
+            assert!(answer.partial_success.is_none(), "{answer:?}");
+        }
+    }
+}
+
+/// Every captured request sent one way; returns the released traces, ordered by trace id.
+async fn deliver_all(how: Transport) -> Vec<Value> {
     let c = Collector::start().await;
-    let mut grpc = TraceServiceClient::connect(c.grpc_url())
-        .await
-        .unwrap()
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let mut expected_total = 0;
-    let mut deliveries_per_capture = Vec::new();
+    let mut total = 0;
     for (pb_path, json_path, experiment) in captured_requests() {
         let pb = std::fs::read(&pb_path).unwrap();
         let json = std::fs::read(&json_path).unwrap();
-        let request = ExportTraceServiceRequest::decode(&pb[..]).unwrap();
-        let span_count: usize = request
+        total += ExportTraceServiceRequest::decode(&pb[..])
+            .unwrap()
             .resource_spans
             .iter()
             .flat_map(|rs| &rs.scope_spans)
             .map(|ss| ss.spans.len())
-            .sum();
-        let before = c.lines().len();
-        let x = experiment.as_deref();
-        post(&c, pb.clone(), "application/x-protobuf", None, x).await;
-        post(&c, gzip(&pb), "application/x-protobuf", Some("gzip"), x).await;
-        post(
-            &c,
-            zstd::encode_all(&pb[..], 3).unwrap(),
-            "application/x-protobuf",
-            Some("zstd"),
-            x,
-        )
-        .await;
-        post(
-            &c,
-            deflate(&pb),
-            "application/x-protobuf",
-            Some("deflate"),
-            x,
-        )
-        .await;
-        post(&c, json.clone(), "application/json", None, x).await;
-        post(
-            &c,
-            gzip(&json),
-            "application/json; charset=utf-8",
-            Some("gzip"),
-            x,
-        )
-        .await;
-        let mut grpc_request = tonic::Request::new(request.clone());
-        if let Some(x) = x {
-            grpc_request
-                .metadata_mut()
-                .insert("x-mlflow-experiment-id", x.parse().unwrap());
-        }
-        let answer = grpc.export(grpc_request).await.unwrap().into_inner();
-        assert!(
-            answer.partial_success.is_none(),
-            "{}: {answer:?}",
-            pb_path.display()
-        );
-        expected_total += 7 * span_count;
-        let lines = c.wait_for_spans(expected_total).await;
-        let delivered = &lines[before..];
-        assert_eq!(
-            delivered.len(),
-            7,
-            "{}: one batch per request",
-            pb_path.display()
-        );
-        deliveries_per_capture.push((pb_path, request, delivered.to_vec()));
+            .sum::<usize>();
+        send(&c, how, &pb, &json, experiment.as_deref()).await;
     }
-    for (path, request, delivered) in deliveries_per_capture {
-        let first = &delivered[0];
-        for other in &delivered[1..] {
-            assert_eq!(
-                other["traces"],
-                first["traces"],
-                "{}: {} and {} delivered different spans",
-                path.display(),
-                first["protocol"],
-                other["protocol"]
-            );
-            assert_eq!(other["experiment_id"], first["experiment_id"]);
-        }
-        // The delivered spans are exactly the request's spans, by id, in order.
-        let sent: Vec<String> = request
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .map(|s| hex::encode(&s.span_id))
-            .collect();
-        let mut got: Vec<String> = spans(std::slice::from_ref(first))
-            .iter()
-            .map(|s| s["spanId"].as_str().unwrap().to_string())
-            .collect();
-        let mut sent_sorted = sent.clone();
-        sent_sorted.sort();
-        got.sort();
-        assert_eq!(got, sent_sorted, "{}", path.display());
-        assert_eq!(total_spans(std::slice::from_ref(first)), sent.len());
-    }
+    let mut lines = c.wait_for_spans(total).await;
+    assert_eq!(
+        total_spans(&lines),
+        total,
+        "{how:?}: every span once, none twice"
+    );
     c.stop().await;
+    lines.sort_by(|a, b| a["trace_id"].as_str().cmp(&b["trace_id"].as_str()));
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_capture_yields_the_same_traces_over_every_transport() {
+    let reference = deliver_all(Transport::Protobuf).await;
+    assert_eq!(
+        reference.len(),
+        5,
+        "5 traces: captures 04 and 05 each assemble from several requests"
+    );
+    assert!(spans(&reference).iter().all(|s| s["traceId"].is_string()));
+    for how in [
+        Transport::ProtobufGzip,
+        Transport::ProtobufZstd,
+        Transport::ProtobufDeflate,
+        Transport::Json,
+        Transport::JsonGzip,
+        Transport::Grpc,
+    ] {
+        let lines = deliver_all(how).await;
+        assert_eq!(
+            lines, reference,
+            "{how:?} delivered different traces than plain protobuf"
+        );
+    }
 }

@@ -144,11 +144,12 @@ async fn grpc_exporter_spans_arrive_intact() {
         .await
         .unwrap();
     let lines = c.wait_for_spans(2).await;
-    assert!(
-        lines
-            .iter()
-            .all(|l| l["protocol"] == "grpc" && l["experiment_id"] == "42")
+    assert!(lines.iter().all(|l| l["experiment_id"] == "42"));
+    let accepted = crate::harness::metric(
+        &c.metrics().await,
+        r#"traceloom_receiver_accepted_spans_total{protocol="grpc"}"#,
     );
+    assert_eq!(accepted, Some(2.0));
     check(&spans(&lines), &ids);
     c.stop().await;
 }
@@ -166,11 +167,11 @@ async fn http_roundtrip(protocol: Protocol, label: &str) {
         .await
         .unwrap();
     let lines = c.wait_for_spans(2).await;
-    assert!(
-        lines
-            .iter()
-            .all(|l| l["protocol"] == label && l["experiment_id"] == "7"),
-        "{lines:?}"
+    assert!(lines.iter().all(|l| l["experiment_id"] == "7"), "{lines:?}");
+    let series = format!("traceloom_receiver_accepted_spans_total{{protocol=\"{label}\"}}");
+    assert_eq!(
+        crate::harness::metric(&c.metrics().await, &series),
+        Some(2.0)
     );
     check(&spans(&lines), &ids);
     c.stop().await;

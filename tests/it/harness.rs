@@ -86,6 +86,9 @@ pipelines:
     queue:
       max_bytes: {queue}
       admission_timeout: {wait}
+    assemble:
+      idle_timeout: 50ms
+      max_trace_age: 1s
     mlflow:
       default_experiment: "{experiment}"
     sinks:
@@ -188,13 +191,13 @@ pub fn total_spans(lines: &[Value]) -> usize {
         .sum()
 }
 
-/// Every span in the lines, as OTLP/JSON objects, each with its resource attached under
-/// `"_resource"`.
+/// Every span in the lines (`format: otlp`), as OTLP/JSON objects, each with its resource
+/// attached under `"_resource"`.
 pub fn spans(lines: &[Value]) -> Vec<Value> {
     let mut out = Vec::new();
     for line in lines {
-        for trace in line["traces"].as_array().unwrap() {
-            for rs in trace["resourceSpans"].as_array().unwrap() {
+        {
+            for rs in line["resourceSpans"].as_array().unwrap() {
                 for ss in rs["scopeSpans"].as_array().unwrap() {
                     for span in ss["spans"].as_array().unwrap() {
                         let mut span = span.clone();

@@ -30,11 +30,16 @@ async fn the_debug_sink_writes_mlflow_traces_with_their_experiment() {
     .await;
     post(&c, "04_genai_semconv_split_trace/req2_root.pb", None).await;
     post(&c, "01_sdk_otlp_only/request.pb", Some("42")).await;
-    let lines: Vec<Value> = wait_for("two MLflow traces", Duration::from_secs(10), || {
+    let mut lines: Vec<Value> = wait_for("two MLflow traces", Duration::from_secs(10), || {
         let lines = c.lines();
         (lines.len() == 2).then_some(lines)
     })
     .await;
+    lines.sort_by(|a, b| {
+        a["info"]["trace_id"]
+            .as_str()
+            .cmp(&b["info"]["trace_id"].as_str())
+    });
     let experiment =
         |l: &Value| l["info"]["trace_location"]["mlflow_experiment"]["experiment_id"].clone();
     assert_eq!(
