@@ -49,6 +49,8 @@ pub struct Settings {
     pub format: &'static str,
     /// The pipeline's default MLflow experiment.
     pub default_experiment: &'static str,
+    /// The assembler's idle timeout.
+    pub idle_timeout: &'static str,
 }
 
 impl Default for Settings {
@@ -61,6 +63,7 @@ impl Default for Settings {
             cors_origin: None,
             format: "otlp",
             default_experiment: "0",
+            idle_timeout: "50ms",
         }
     }
 }
@@ -87,8 +90,8 @@ pipelines:
       max_bytes: {queue}
       admission_timeout: {wait}
     assemble:
-      idle_timeout: 50ms
-      max_trace_age: 1s
+      idle_timeout: {idle}
+      max_trace_age: 20s
     mlflow:
       default_experiment: "{experiment}"
     sinks:
@@ -104,6 +107,7 @@ shutdown_timeout: 20s
         out = out.display(),
         format = s.format,
         experiment = s.default_experiment,
+        idle = s.idle_timeout,
         cors = s.cors_origin.map_or(String::new(), |o| {
             format!("\n      cors:\n        allowed_origins: [\"{o}\"]\n        max_age: 10m")
         }),

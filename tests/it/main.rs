@@ -3,6 +3,7 @@
 mod bad_input;
 mod captures;
 mod cli;
+mod distributed;
 mod exporters;
 mod golden;
 mod harness;
