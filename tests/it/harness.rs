@@ -51,6 +51,10 @@ pub struct Settings {
     pub default_experiment: &'static str,
     /// The assembler's idle timeout.
     pub idle_timeout: &'static str,
+    /// The assembler's maximum trace age.
+    pub max_trace_age: &'static str,
+    /// The assembler's bound on held span bytes.
+    pub max_in_flight_bytes: &'static str,
 }
 
 impl Default for Settings {
@@ -64,6 +68,8 @@ impl Default for Settings {
             format: "otlp",
             default_experiment: "0",
             idle_timeout: "50ms",
+            max_trace_age: "20s",
+            max_in_flight_bytes: "256MiB",
         }
     }
 }
@@ -91,7 +97,8 @@ pipelines:
       admission_timeout: {wait}
     assemble:
       idle_timeout: {idle}
-      max_trace_age: 20s
+      max_trace_age: {max_age}
+      max_in_flight_bytes: {in_flight}
     mlflow:
       default_experiment: "{experiment}"
     sinks:
@@ -108,6 +115,8 @@ shutdown_timeout: 20s
         format = s.format,
         experiment = s.default_experiment,
         idle = s.idle_timeout,
+        max_age = s.max_trace_age,
+        in_flight = s.max_in_flight_bytes,
         cors = s.cors_origin.map_or(String::new(), |o| {
             format!("\n      cors:\n        allowed_origins: [\"{o}\"]\n        max_age: 10m")
         }),
@@ -179,11 +188,20 @@ impl Collector {
     pub async fn stop(mut self) {
         self.running.take().unwrap().shutdown().await.unwrap();
     }
+
+    /// Stops (which releases every held trace) and returns everything the sink wrote.
+    pub async fn stop_and_read(mut self) -> Vec<Value> {
+        self.running.take().unwrap().shutdown().await.unwrap();
+        self.lines()
+    }
 }
 
+/// The complete (newline-terminated) JSON lines of `path`; a line still being written is left out.
 pub fn read_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }

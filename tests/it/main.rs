@@ -1,5 +1,6 @@
 //! Integration tests: traceloom on loopback, driven by real OTLP clients.
 
+mod assembly;
 mod bad_input;
 mod captures;
 mod cli;
