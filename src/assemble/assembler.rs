@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use indexmap::IndexMap;
 use prost::Message;
 
@@ -82,10 +83,10 @@ pub struct Counts {
     pub forgotten_early: u64,
 }
 
+/// A held span: its own encoded protobuf, so it pins no request buffer and costs what it weighs.
 struct Held {
     origin: Arc<Origin>,
-    span: Span,
-    bytes: usize,
+    blob: Bytes,
 }
 
 struct TraceState {
@@ -107,7 +108,7 @@ struct TraceState {
     first_seen: Instant,
 }
 
-/// Per-span overhead beyond the encoded size (ids, times, vectors), used for the memory bound.
+/// Per-span bookkeeping beyond the encoded size (map entry, blob header, origin pointer).
 const SPAN_OVERHEAD: usize = 96;
 
 /// Groups spans into traces and decides when to release them.
@@ -161,11 +162,22 @@ impl Assembler {
     /// Takes a batch in; releases traces that reached their size bound, and the oldest traces if
     /// held bytes exceed the memory bound.
     pub fn ingest(&mut self, batch: &SpanBatch, now: Instant, out: &mut Vec<Release>) {
+        // Private copies of the request's origins, shared by every trace of the batch.
+        let mut origins: HashMap<*const Origin, Arc<Origin>> = HashMap::new();
         for trace in &batch.traces {
             let experiment = batch.meta.experiment_id.clone();
             for group in &trace.groups {
+                let origin = origins
+                    .entry(Arc::as_ptr(&group.origin))
+                    .or_insert_with(|| Arc::new(detach(&group.origin)));
                 for span in &group.spans {
-                    self.add(trace.trace_id, &group.origin, span, experiment.clone(), now);
+                    self.add(
+                        trace.trace_id,
+                        &Arc::clone(origin),
+                        span,
+                        experiment.clone(),
+                        now,
+                    );
                 }
             }
             let state = &self.traces[&trace.trace_id];
@@ -204,8 +216,11 @@ impl Assembler {
                 first_seen: now,
             }
         });
-        if let Some(held) = state.spans.get(&span_id)
-            && held.span == *span
+        let blob = Bytes::from(span.encode_to_vec());
+        if state
+            .spans
+            .get(&span_id)
+            .is_some_and(|held| held.blob == blob)
         {
             self.counts.duplicate_spans += 1;
             return;
@@ -220,15 +235,14 @@ impl Assembler {
             self.deadlines.push(Reverse((state.scheduled, trace_id)));
         }
         self.counts.spans_in += 1;
-        let bytes = span.encoded_len() + SPAN_OVERHEAD;
+        let bytes = blob.len() + SPAN_OVERHEAD;
         let held = Held {
             origin: Arc::clone(origin),
-            span: span.clone(),
-            bytes,
+            blob,
         };
         if let Some(old) = state.spans.insert(span_id, held) {
-            state.bytes -= old.bytes;
-            self.bytes -= old.bytes;
+            state.bytes -= old.blob.len() + SPAN_OVERHEAD;
+            self.bytes -= old.blob.len() + SPAN_OVERHEAD;
         }
         state.bytes += bytes;
         self.bytes += bytes;
@@ -307,11 +321,13 @@ impl Assembler {
         self.deadlines.push(Reverse((state.scheduled, trace_id)));
         let mut groups: Vec<SpanGroup> = Vec::new();
         for held in state.spans.values() {
+            let span =
+                Span::decode(held.blob.clone()).expect("held spans are encoded by the assembler");
             match groups.last_mut() {
-                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(held.span.clone()),
+                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(span),
                 _ => groups.push(SpanGroup {
                     origin: Arc::clone(&held.origin),
-                    spans: vec![held.span.clone()],
+                    spans: vec![span],
                 }),
             }
         }
@@ -358,6 +374,22 @@ impl Assembler {
             out.push(self.release(trace_id, ReleaseReason::Memory, now));
             self.forget(trace_id);
         }
+    }
+}
+
+/// A copy of `origin` whose fields own their bytes, so that holding it does not keep the whole
+/// request it came from in memory.
+fn detach(origin: &Origin) -> Origin {
+    fn own<M: Message + Default>(m: &Option<M>) -> Option<M> {
+        m.as_ref().map(|m| {
+            M::decode(Bytes::from(m.encode_to_vec())).expect("re-decoding a message just encoded")
+        })
+    }
+    Origin {
+        resource: own(&origin.resource),
+        resource_schema_url: Bytes::copy_from_slice(&origin.resource_schema_url),
+        scope: own(&origin.scope),
+        scope_schema_url: Bytes::copy_from_slice(&origin.scope_schema_url),
     }
 }
 
