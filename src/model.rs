@@ -176,8 +176,10 @@ impl SpanBatch {
 /// the MLflow trace built from them.
 #[derive(Debug)]
 pub struct AssembledTrace {
-    /// The revision as the assembler released it.
+    /// The revision as the assembler released it (spans encoded).
     pub release: crate::assemble::Release,
+    /// The same spans, decoded.
+    pub groups: Vec<SpanGroup>,
     /// The MLflow trace, with `traceloom.revision` metadata and, when partial, the
     /// `traceloom.partial` and `traceloom.partial_reason` tags.
     pub trace: crate::mlflow::Trace,

@@ -43,7 +43,19 @@ impl ReleaseReason {
     }
 }
 
+/// Encoded spans (OTLP `Span` protobuf, one `Bytes` each) that share an origin.
+#[derive(Clone, Debug)]
+pub struct EncodedGroup {
+    /// Their resource and scope.
+    pub origin: Arc<Origin>,
+    /// The spans, encoded.
+    pub spans: Vec<Bytes>,
+}
+
 /// One released revision of a trace: every span held for it, and why it was released.
+///
+/// Spans stay encoded: consumers that need them decoded (MLflow normalization) decode once with
+/// [`Release::decode`]; those that write OTLP protobuf can use the bytes as they are.
 #[derive(Clone, Debug)]
 pub struct Release {
     /// The trace.
@@ -52,8 +64,8 @@ pub struct Release {
     pub revision: u32,
     /// Why now.
     pub reason: ReleaseReason,
-    /// All spans of the trace, grouped by origin.
-    pub groups: Vec<SpanGroup>,
+    /// All spans of the trace, grouped by origin, encoded.
+    pub groups: Vec<EncodedGroup>,
     /// The first `x-mlflow-experiment-id` that came with the trace's spans.
     pub experiment: Option<Arc<str>>,
 }
@@ -67,6 +79,23 @@ impl Release {
     /// The number of spans.
     pub fn span_count(&self) -> usize {
         self.groups.iter().map(|g| g.spans.len()).sum()
+    }
+
+    /// The spans decoded, grouped by origin.
+    pub fn decode(&self) -> Vec<SpanGroup> {
+        self.groups
+            .iter()
+            .map(|g| SpanGroup {
+                origin: Arc::clone(&g.origin),
+                spans: g
+                    .spans
+                    .iter()
+                    .map(|b| {
+                        Span::decode(b.clone()).expect("held spans are encoded by the assembler")
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 }
 
@@ -319,15 +348,13 @@ impl Assembler {
         state.released_at = Some(now);
         state.scheduled = now + late_window;
         self.deadlines.push(Reverse((state.scheduled, trace_id)));
-        let mut groups: Vec<SpanGroup> = Vec::new();
+        let mut groups: Vec<EncodedGroup> = Vec::new();
         for held in state.spans.values() {
-            let span =
-                Span::decode(held.blob.clone()).expect("held spans are encoded by the assembler");
             match groups.last_mut() {
-                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(span),
-                _ => groups.push(SpanGroup {
+                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(held.blob.clone()),
+                _ => groups.push(EncodedGroup {
                     origin: Arc::clone(&held.origin),
-                    spans: vec![span],
+                    spans: vec![held.blob.clone()],
                 }),
             }
         }

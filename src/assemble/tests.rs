@@ -123,7 +123,7 @@ fn duplicates_are_counted_and_changed_spans_replace() {
     let out = run(&mut a, c.at(7));
     assert_eq!(out[0].span_count(), 2);
     let names: Vec<_> = out[0]
-        .groups
+        .decode()
         .iter()
         .flat_map(|g| &g.spans)
         .map(|s| s.name.clone())

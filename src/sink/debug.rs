@@ -103,7 +103,7 @@ pub fn render(trace: &AssembledTrace, format: DebugFormat) -> String {
             let r = &trace.release;
             let spans = TraceSpans {
                 trace_id: r.trace_id,
-                groups: r.groups.clone(),
+                groups: trace.groups.clone(),
             }
             .to_resource_spans();
             serde_json::to_string(&OtlpLine {

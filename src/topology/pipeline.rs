@@ -42,33 +42,32 @@ pub struct Pipeline {
 /// Builds the MLflow trace of a released revision.
 pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> AssembledTrace {
     let experiment = release.experiment.as_deref();
+    let groups = release.decode();
     let (mut trace, report) = mlflow::build(
         release.trace_id,
-        &release.groups,
+        &groups,
         experiment,
         &config.default_experiment,
     );
     metrics.mlflow_limits(&report);
-    trace
-        .info
-        .trace_metadata
+    let info = &mut trace.info;
+    info.trace_metadata
         .insert(REVISION_KEY.into(), release.revision.to_string());
     if release.partial() {
-        trace.info.tags.insert(PARTIAL_TAG.into(), "true".into());
-        trace
-            .info
-            .tags
+        info.tags.insert(PARTIAL_TAG.into(), "true".into());
+        info.tags
             .insert(PARTIAL_REASON_TAG.into(), release.reason.as_str().into());
     }
     let bytes = release
         .groups
         .iter()
         .flat_map(|g| &g.spans)
-        .map(prost::Message::encoded_len)
+        .map(bytes::Bytes::len)
         .sum::<usize>()
         * 2;
     AssembledTrace {
         release,
+        groups,
         trace,
         bytes,
     }

@@ -1,0 +1,118 @@
+//! Assembly throughput and memory on one core: 8-span traces (64 per request, ~300 bytes of
+//! attributes per span) grouped and released, in spans per second; and the heap bytes the
+//! assembler holds per in-flight span, relative to the span's encoded size (printed once).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message;
+use traceloom::assemble::{AssembleConfig, Assembler};
+use traceloom::model::{Protocol, ReceiveMeta, SpanBatch};
+use traceloom::receive::validate::split_by_trace;
+use traceloom::testkit;
+
+/// mimalloc, counting the bytes currently allocated.
+struct Counting;
+
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { INNER.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { INNER.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
+        ALLOCATED.fetch_sub(layout.size(), Ordering::Relaxed);
+        unsafe { INNER.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const REQUESTS: usize = 16;
+const TRACES: usize = 64;
+const SPANS_PER_TRACE: usize = 8;
+
+fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
+    let mut encoded = 0;
+    let batches = (0..REQUESTS as u64)
+        .map(|seed| {
+            let request = testkit::request(seed, TRACES, SPANS_PER_TRACE, 300);
+            encoded += request.resource_spans[0].scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.encoded_len())
+                .sum::<usize>();
+            let body = bytes::Bytes::from(request.encode_to_vec());
+            let request = traceloom::otlp::ExportTraceServiceRequest::decode(body).unwrap();
+            Arc::new(SpanBatch {
+                meta: ReceiveMeta {
+                    receiver: "otlp".into(),
+                    protocol: Protocol::Grpc,
+                    received_at: SystemTime::now(),
+                    experiment_id: None,
+                },
+                traces: split_by_trace(request.resource_spans, Vec::new()).traces,
+                encoded_bytes: 0,
+            })
+        })
+        .collect();
+    (batches, encoded)
+}
+
+fn memory_per_span(batches: &[Arc<SpanBatch>], encoded: usize) {
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let mut a = Assembler::new(AssembleConfig::default());
+    let mut out = Vec::new();
+    let now = Instant::now();
+    for b in batches {
+        a.ingest(b, now, &mut out);
+    }
+    let held = ALLOCATED.load(Ordering::Relaxed) - before;
+    println!(
+        "assembler memory: {held} heap bytes for {} spans of {encoded} encoded bytes = {:.2}x the encoded size ({} bytes/span)",
+        REQUESTS * TRACES * SPANS_PER_TRACE,
+        held as f64 / encoded as f64,
+        held / (REQUESTS * TRACES * SPANS_PER_TRACE)
+    );
+    drop(a);
+}
+
+fn assemble(c: &mut Criterion) {
+    let (batches, encoded) = batches();
+    memory_per_span(&batches, encoded);
+    let mut group = c.benchmark_group("assemble");
+    group.throughput(Throughput::Elements(
+        (REQUESTS * TRACES * SPANS_PER_TRACE) as u64,
+    ));
+    group.bench_function("group_and_release_8_span_traces", |b| {
+        b.iter_batched(
+            || Assembler::new(AssembleConfig::default()),
+            |mut a| {
+                let now = Instant::now();
+                let mut out = Vec::new();
+                for batch in &batches {
+                    a.ingest(batch, now, &mut out);
+                }
+                a.release_due(now + Duration::from_secs(10), &mut out);
+                assert_eq!(out.len(), REQUESTS * TRACES);
+                out
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, assemble);
+criterion_main!(benches);
