@@ -146,6 +146,9 @@ pub struct Assembler {
     traces: HashMap<TraceId, TraceState>,
     deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
     by_age: BTreeSet<(Instant, TraceId)>,
+    /// Released traces with nothing new since, oldest release first: forgotten first under
+    /// memory pressure, without scanning the open ones.
+    released: BTreeSet<(Instant, TraceId)>,
     bytes: usize,
     counts: Counts,
 }
@@ -158,6 +161,7 @@ impl Assembler {
             traces: HashMap::new(),
             deadlines: BinaryHeap::new(),
             by_age: BTreeSet::new(),
+            released: BTreeSet::new(),
             bytes: 0,
             counts: Counts::default(),
         }
@@ -254,8 +258,11 @@ impl Assembler {
             self.counts.duplicate_spans += 1;
             return;
         }
-        if state.released_at.is_some() {
+        if let Some(at) = state.released_at {
             self.counts.late_spans += 1;
+            if !state.dirty {
+                self.released.remove(&(at, trace_id));
+            }
         }
         if !state.dirty {
             state.dirty = true;
@@ -346,6 +353,7 @@ impl Assembler {
         state.revisions += 1;
         state.dirty = false;
         state.released_at = Some(now);
+        self.released.insert((now, trace_id));
         state.scheduled = now + late_window;
         self.deadlines.push(Reverse((state.scheduled, trace_id)));
         let mut groups: Vec<EncodedGroup> = Vec::new();
@@ -371,6 +379,9 @@ impl Assembler {
         if let Some(state) = self.traces.remove(&trace_id) {
             self.bytes -= state.bytes;
             self.by_age.remove(&(state.first_seen, trace_id));
+            if let (Some(at), false) = (state.released_at, state.dirty) {
+                self.released.remove(&(at, trace_id));
+            }
         }
     }
 
@@ -381,16 +392,10 @@ impl Assembler {
         if self.bytes <= bound {
             return;
         }
-        let released: Vec<TraceId> = self
-            .by_age
-            .iter()
-            .map(|(_, id)| *id)
-            .filter(|id| !self.traces[id].dirty)
-            .collect();
-        for trace_id in released {
-            if self.bytes <= bound {
-                return;
-            }
+        while self.bytes > bound {
+            let Some(&(_, trace_id)) = self.released.first() else {
+                break;
+            };
             self.counts.forgotten_early += 1;
             self.forget(trace_id);
         }
