@@ -430,16 +430,18 @@ fn from_events(events: &[SpanEvent], inputs: bool) -> Option<String> {
     (!messages.is_empty()).then(|| PyValue::List(messages).dumps_ascii())
 }
 
-/// Every attribute key some convention reads, and the fixed prefixes of its numbered keys.
+/// For every attribute key a convention reads (and the fixed prefix of each numbered key), the
+/// set of conventions that read it, as a bit mask over [`TRANSLATORS`].
 struct KeyIndex {
-    keys: rustc_hash::FxHashSet<&'static str>,
-    prefixes: Vec<&'static str>,
+    keys: rustc_hash::FxHashMap<&'static str, u32>,
+    prefixes: Vec<(&'static str, u32)>,
 }
 
 static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
-    let mut keys = rustc_hash::FxHashSet::default();
+    let mut keys = rustc_hash::FxHashMap::default();
     let mut prefixes = Vec::new();
-    for t in TRANSLATORS {
+    for (i, t) in TRANSLATORS.iter().enumerate() {
+        let bit = 1u32 << i;
         let lists = [
             t.inputs,
             t.outputs,
@@ -454,10 +456,8 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
         ];
         for &key in lists.into_iter().flatten().chain([&t.kind_key]) {
             match key.split_once('*') {
-                Some((prefix, _)) => prefixes.push(prefix),
-                None if !key.is_empty() => {
-                    keys.insert(key);
-                }
+                Some((prefix, _)) => prefixes.push((prefix, bit)),
+                None if !key.is_empty() => *keys.entry(key).or_insert(0) |= bit,
                 None => {}
             }
         }
@@ -465,25 +465,33 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
     KeyIndex { keys, prefixes }
 });
 
-/// Whether any attribute is one a convention reads: one pass over the span's own keys, so that
-/// spans of no known convention skip the probing of every convention's keys.
-fn follows_a_convention(attrs: &Attributes) -> bool {
+/// The conventions that can match: one pass over the span's own keys, so that only they are
+/// probed (in MLflow's order), and spans of no known convention probe nothing.
+fn candidates(attrs: &Attributes) -> Vec<&'static Translator> {
     let index = &*KEY_INDEX;
-    attrs
-        .keys()
-        .any(|k| index.keys.contains(k.as_str()) || index.prefixes.iter().any(|p| k.starts_with(p)))
+    let mut mask = 0u32;
+    for k in attrs.keys() {
+        mask |= index.keys.get(k.as_str()).copied().unwrap_or(0);
+        for (prefix, bit) in &index.prefixes {
+            if k.starts_with(prefix) {
+                mask |= bit;
+            }
+        }
+    }
+    TRANSLATORS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| t)
+        .collect()
 }
 
 /// Fills the reserved MLflow attributes that are absent from `attrs` from the first convention
 /// that provides them (attributes first, then `events`).
 pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
-    // Spans of no known convention have nothing to probe; events and the model-in-inputs
-    // fallback still apply.
-    let translators: &[Translator] = if follows_a_convention(attrs) {
-        TRANSLATORS
-    } else {
-        &[]
-    };
+    // Only conventions with a key on this span can match; events and the model-in-inputs
+    // fallback apply to every span.
+    let translators = candidates(attrs);
     let needs_type = attrs
         .get(SPAN_TYPE)
         .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
