@@ -149,14 +149,7 @@ async fn post_spans(c: &Collector, spans: Vec<traceloom::otlp::Span>, service: &
         resource_spans: vec![testkit::resource_spans(service, spans)],
     }
     .encode_to_vec();
-    let resp = reqwest::Client::new()
-        .post(c.http_url())
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(c.post_protobuf(body).await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,14 +264,7 @@ async fn a_memory_bound_far_below_the_load_loses_no_span() {
         for s in &request.resource_spans[0].scope_spans[0].spans {
             sent.insert((hex::encode(&s.trace_id), hex::encode(&s.span_id)));
         }
-        let resp = reqwest::Client::new()
-            .post(c.http_url())
-            .header("content-type", "application/x-protobuf")
-            .body(request.encode_to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        assert_eq!(c.post_protobuf(request.encode_to_vec()).await.status(), 200);
     }
     // Far more than 32 KiB was sent; most traces had to leave early to respect the bound.
     let m = c.metrics().await;

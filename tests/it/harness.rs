@@ -175,6 +175,17 @@ impl Collector {
         .await
     }
 
+    /// Posts an OTLP/HTTP protobuf body to the HTTP receiver.
+    pub async fn post_protobuf(&self, body: Vec<u8>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.http_url())
+            .header("content-type", "application/x-protobuf")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.admin))

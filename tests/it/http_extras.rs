@@ -73,13 +73,9 @@ async fn health_and_metrics_are_served_on_the_admin_port() {
         .unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(health.text().await.unwrap(), r#"{"status":"ok"}"#);
-    let resp = reqwest::Client::new()
-        .post(c.http_url())
-        .header("content-type", "application/x-protobuf")
-        .body(testkit::request(1, 2, 3, 50).encode_to_vec())
-        .send()
-        .await
-        .unwrap();
+    let resp = c
+        .post_protobuf(testkit::request(1, 2, 3, 50).encode_to_vec())
+        .await;
     assert_eq!(resp.status(), 200);
     c.wait_for_spans(6).await;
     let m = c.metrics().await;

@@ -80,13 +80,7 @@ async fn an_over_long_session_id_is_left_out_and_counted() {
     let mut request = traceloom::testkit::request(9, 1, 1, 0);
     request.resource_spans[0].scope_spans[0].spans[0].attributes =
         vec![traceloom::testkit::kv("session.id", &"s".repeat(300))];
-    let resp = reqwest::Client::new()
-        .post(c.http_url())
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
+    let resp = c.post_protobuf(request.encode_to_vec()).await;
     assert_eq!(
         resp.status(),
         200,
