@@ -165,13 +165,6 @@ pub struct SpanBatch {
     pub encoded_bytes: usize,
 }
 
-impl SpanBatch {
-    /// The number of spans in the batch.
-    pub fn span_count(&self) -> usize {
-        self.traces.iter().map(TraceSpans::span_count).sum()
-    }
-}
-
 /// A released trace revision on its way to the sinks: the OTLP spans (for OTLP encodings) and
 /// the MLflow trace built from them.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ pub mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::MapAccess;
 use serde::{Deserialize, Deserializer};
@@ -276,14 +276,6 @@ impl Config {
         }
         problems.sort_by_key(|p| p.position.unwrap_or((u64::MAX, 0)));
         problems
-    }
-
-    /// The directory relative paths in this file are resolved against (reserved for sinks that
-    /// write files).
-    pub fn base_dir(path: Option<&Path>) -> PathBuf {
-        path.and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
     }
 }
 

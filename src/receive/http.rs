@@ -178,13 +178,16 @@ impl Refusal {
     }
 }
 
-/// `google.rpc.Status` without `details`, which traceloom never sets.
+/// `google.rpc.Status` without `details`, which traceloom never sets: the body of every HTTP
+/// error answer.
 #[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
+pub struct RpcStatus {
+    /// The `google.rpc.Code`.
     #[prost(int32, tag = "1")]
-    code: i32,
+    pub code: i32,
+    /// What failed.
     #[prost(string, tag = "2")]
-    message: String,
+    pub message: String,
 }
 
 fn header(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {

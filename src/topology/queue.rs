@@ -51,8 +51,6 @@ impl<T> Clone for QueueTx<T> {
 /// The receiving half.
 pub struct QueueRx<T> {
     rx: mpsc::Receiver<Slot<T>>,
-    bytes: Arc<Semaphore>,
-    capacity: usize,
     gauges: QueueGauges,
 }
 
@@ -63,22 +61,13 @@ const MAX_ITEMS: usize = 1 << 16;
 pub fn bounded<T>(capacity_bytes: usize, gauges: QueueGauges) -> (QueueTx<T>, QueueRx<T>) {
     let capacity = capacity_bytes.clamp(1, Semaphore::MAX_PERMITS);
     let (tx, rx) = mpsc::channel(MAX_ITEMS);
-    let bytes = Arc::new(Semaphore::new(capacity));
     let tx = QueueTx {
         tx,
-        bytes: Arc::clone(&bytes),
+        bytes: Arc::new(Semaphore::new(capacity)),
         capacity,
         gauges: gauges.clone(),
     };
-    (
-        tx,
-        QueueRx {
-            rx,
-            bytes,
-            capacity,
-            gauges,
-        },
-    )
+    (tx, QueueRx { rx, gauges })
 }
 
 impl<T> QueueTx<T> {
@@ -150,17 +139,6 @@ impl<T> QueueRx<T> {
         self.gauges.bytes.dec_by(slot._permit.num_permits() as i64);
         Some(slot.value)
     }
-
-    /// Bytes currently queued.
-    pub fn queued_bytes(&self) -> usize {
-        self.capacity - self.bytes.available_permits()
-    }
-
-    /// Stops new sends (they fail with `Closed`) while queued items can still be received.
-    pub fn close(&mut self) {
-        self.rx.close();
-        self.bytes.close();
-    }
 }
 
 #[cfg(test)]
@@ -169,13 +147,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_refuses_after_the_wait_and_accepts_after_a_receive() {
-        let (tx, mut rx) = bounded::<u32>(100, QueueGauges::default());
+        let gauges = QueueGauges::default();
+        let (tx, mut rx) = bounded::<u32>(100, gauges.clone());
         tx.send(1, 60).await.unwrap();
         let refused = tx.send_timeout(2, 60, Duration::from_millis(50)).await;
         assert!(matches!(refused, Err(SendError::Full(2))));
-        assert_eq!(rx.queued_bytes(), 60);
+        assert_eq!(gauges.bytes.get(), 60);
         assert_eq!(rx.recv().await, Some(1));
-        assert_eq!(rx.queued_bytes(), 0);
+        assert_eq!(gauges.bytes.get(), 0);
         tx.send_timeout(2, 60, Duration::from_millis(50))
             .await
             .unwrap();
@@ -184,22 +163,24 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_oversized_item_goes_alone() {
-        let (tx, mut rx) = bounded::<u32>(100, QueueGauges::default());
+        let gauges = QueueGauges::default();
+        let (tx, mut rx) = bounded::<u32>(100, gauges.clone());
         tx.send(1, 1_000).await.unwrap();
-        assert_eq!(rx.queued_bytes(), 100);
+        assert_eq!(gauges.bytes.get(), 100);
         assert_eq!(rx.recv().await, Some(1));
     }
 
     #[tokio::test]
-    async fn closing_refuses_new_items_and_drains_old_ones() {
+    async fn dropping_the_senders_drains_then_ends_and_a_gone_consumer_refuses() {
         let gauges = QueueGauges::default();
         let (tx, mut rx) = bounded::<u32>(100, gauges.clone());
         tx.send(1, 10).await.unwrap();
-        rx.close();
-        assert!(matches!(tx.send(2, 10).await, Err(SendError::Closed(2))));
-        assert_eq!(rx.recv().await, Some(1));
         drop(tx);
+        assert_eq!(rx.recv().await, Some(1));
         assert_eq!(rx.recv().await, None);
         assert_eq!(gauges.bytes.get(), 0);
+        let (tx, rx) = bounded::<u32>(100, QueueGauges::default());
+        drop(rx);
+        assert!(matches!(tx.send(2, 10).await, Err(SendError::Closed(2))));
     }
 }

@@ -12,14 +12,7 @@ use traceloom::testkit;
 
 use crate::harness::{Collector, Settings, metric, spans};
 
-/// `google.rpc.Status`, as the HTTP receiver writes error bodies.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
+use traceloom::receive::http::RpcStatus;
 
 async fn small_limit_collector() -> Collector {
     Collector::start_with(Settings {
