@@ -112,6 +112,21 @@ pub struct Origin {
     pub scope_schema_url: Bytes,
 }
 
+impl Origin {
+    /// A string resource attribute (`service.name`, `mlflow.experimentId`), if present.
+    pub fn resource_str(&self, key: &str) -> Option<String> {
+        self.resource
+            .as_ref()?
+            .attributes
+            .iter()
+            .find(|kv| &kv.key[..] == key.as_bytes())
+            .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                crate::otlp::Value::StringValue(s) => Some(crate::otlp::text(s).into_owned()),
+                _ => None,
+            })
+    }
+}
+
 /// Spans of one trace that share an origin.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanGroup {

@@ -19,7 +19,7 @@ use super::json::PyValue;
 use super::preview::{preview, truncate};
 use super::span::{Span, StatusCode, mlflow_trace_id, request_id_attribute};
 use crate::model::{Origin, SpanGroup, SpanId, TraceId};
-use crate::otlp::{Value, text};
+use crate::otlp::text;
 
 /// Longest tag key MLflow accepts.
 pub const MAX_TAG_KEY: usize = 250;
@@ -175,7 +175,7 @@ pub fn build(
         .or_else(|| {
             spans
                 .iter()
-                .find_map(|(o, _)| resource_str(o, EXPERIMENT_RESOURCE_ATTRIBUTE))
+                .find_map(|(o, _)| o.resource_str(EXPERIMENT_RESOURCE_ATTRIBUTE))
         })
         .unwrap_or_else(|| default_experiment.to_string());
     let info = TraceInfo {
@@ -217,18 +217,6 @@ fn timestamp(ms: u64) -> String {
     }
 }
 
-fn resource_str(origin: &Origin, key: &str) -> Option<String> {
-    origin
-        .resource
-        .as_ref()?
-        .attributes
-        .iter()
-        .find(|kv| &kv.key[..] == key.as_bytes())
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(text(s).into_owned()),
-            _ => None,
-        })
-}
 
 /// A span attribute as a plain string: JSON strings unwrapped, anything else its JSON text.
 fn attribute_text(span: &Span, key: &str) -> Option<String> {
@@ -329,7 +317,7 @@ fn tags(
     }
     let mut services: Vec<String> = Vec::new();
     for (origin, _) in spans {
-        if let Some(name) = resource_str(origin, "service.name")
+        if let Some(name) = origin.resource_str("service.name")
             && !services.contains(&name)
         {
             services.push(name);
