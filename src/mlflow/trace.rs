@@ -74,6 +74,9 @@ pub struct TraceInfo {
     pub response_preview: Option<String>,
     /// From the earliest start to the latest end, in milliseconds.
     pub execution_duration_ms: i64,
+    /// `request_time` as milliseconds since the Unix epoch (not part of MLflow's JSON).
+    #[serde(skip)]
+    pub request_time_ms: u64,
 }
 
 /// `trace_location` of type `MLFLOW_EXPERIMENT`.
@@ -103,6 +106,17 @@ pub enum TraceState {
     Error,
     /// No root span yet.
     InProgress,
+}
+
+impl TraceState {
+    /// The name MLflow writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Error => "ERROR",
+            Self::InProgress => "IN_PROGRESS",
+        }
+    }
 }
 
 /// What the derivation had to change to respect MLflow's limits.
@@ -196,6 +210,7 @@ pub fn build(
             .and_then(|r| r.attributes.get(OUTPUTS))
             .map(|s| preview(s, "assistant")),
         execution_duration_ms: end_ms.saturating_sub(start_ms) as i64,
+        request_time_ms: start_ms,
     };
     let spans = spans.into_iter().map(|(_, s)| s).collect();
     (

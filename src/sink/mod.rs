@@ -7,6 +7,7 @@
 
 pub mod debug;
 pub mod discard;
+pub mod parquet;
 
 use std::sync::Arc;
 
@@ -29,15 +30,18 @@ pub enum SinkConfig {
     Debug(debug::DebugConfig),
     /// Counts and drops everything, for load tests.
     Discard(discard::DiscardConfig),
+    /// A partitioned Parquet dataset of traces and spans.
+    Parquet(parquet::ParquetConfig),
 }
 
 impl Tagged for SinkConfig {
     const FAMILY: &'static str = "sink";
-    const KINDS: &'static [&'static str] = &["debug", "discard"];
+    const KINDS: &'static [&'static str] = &["debug", "discard", "parquet"];
 
     fn from_rest<'de, A: MapAccess<'de>>(kind: &str, rest: A) -> Result<Self, A::Error> {
         match kind {
             "debug" => tagged::settings(rest).map(SinkConfig::Debug),
+            "parquet" => tagged::settings(rest).map(SinkConfig::Parquet),
             _ => tagged::settings(rest).map(SinkConfig::Discard),
         }
     }
@@ -61,6 +65,14 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting is out of range.
+    #[error("{field}: {reason}")]
+    Setting {
+        /// The setting.
+        field: &'static str,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 /// Why a running sink stopped.
@@ -83,6 +95,8 @@ pub enum Sink {
     Debug(debug::DebugSink),
     /// See [`discard::DiscardSink`].
     Discard(discard::DiscardSink),
+    /// See [`parquet::ParquetSink`].
+    Parquet(parquet::ParquetSink),
 }
 
 impl SinkConfig {
@@ -96,6 +110,7 @@ impl SinkConfig {
         Ok(match self {
             SinkConfig::Debug(c) => Sink::Debug(c.build(metrics)?),
             SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
+            SinkConfig::Parquet(c) => Sink::Parquet(c.build(name, metrics)?),
         })
     }
 }
@@ -110,6 +125,7 @@ impl Sink {
         match self {
             Sink::Debug(s) => s.run(input).await,
             Sink::Discard(s) => s.run(input).await,
+            Sink::Parquet(s) => s.run(input).await,
         }
     }
 }

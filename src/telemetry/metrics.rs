@@ -96,6 +96,10 @@ pub struct Metrics {
     queue_capacity: Family<NameLabel, Gauge>,
     sink_traces: Family<SinkLabel, Counter>,
     sink_spans: Family<SinkLabel, Counter>,
+    sink_errors: Family<SinkLabel, Counter>,
+    sink_files: Family<SinkLabel, Counter>,
+    sink_bytes: Family<SinkLabel, Counter>,
+    sink_buffered: Family<SinkLabel, Gauge>,
     mlflow_limits: Family<LimitLabel, Counter>,
     assembler_spans_in: Family<PipelineLabel, Counter>,
     assembler_spans_out: Family<PipelineLabel, Counter>,
@@ -127,6 +131,10 @@ impl Metrics {
             queue_capacity: Family::default(),
             sink_traces: Family::default(),
             sink_spans: Family::default(),
+            sink_errors: Family::default(),
+            sink_files: Family::default(),
+            sink_bytes: Family::default(),
+            sink_buffered: Family::default(),
             mlflow_limits: Family::default(),
             assembler_spans_in: Family::default(),
             assembler_spans_out: Family::default(),
@@ -174,6 +182,26 @@ impl Metrics {
             "sink_written_spans",
             "Spans a sink has written",
             m.sink_spans.clone(),
+        );
+        registry.register(
+            "sink_errors",
+            "Output failures of a sink (each is logged with its target and retried)",
+            m.sink_errors.clone(),
+        );
+        registry.register(
+            "sink_files_published",
+            "Files a file sink has published",
+            m.sink_files.clone(),
+        );
+        registry.register(
+            "sink_published_bytes",
+            "Bytes a sink has made durable",
+            m.sink_bytes.clone(),
+        );
+        registry.register(
+            "sink_buffered_bytes",
+            "Bytes a sink holds encoded but not yet durable",
+            m.sink_buffered.clone(),
         );
         registry.register(
             "mlflow_limits_applied",
@@ -275,6 +303,10 @@ impl Metrics {
         SinkMetrics {
             traces: self.sink_traces.get_or_create(&label).clone(),
             spans: self.sink_spans.get_or_create(&label).clone(),
+            errors: self.sink_errors.get_or_create(&label).clone(),
+            files: self.sink_files.get_or_create(&label).clone(),
+            bytes: self.sink_bytes.get_or_create(&label).clone(),
+            buffered_bytes: self.sink_buffered.get_or_create(&label).clone(),
         }
     }
 }
@@ -424,6 +456,14 @@ pub struct SinkMetrics {
     pub traces: Counter,
     /// Spans written.
     pub spans: Counter,
+    /// Output failures (retried).
+    pub errors: Counter,
+    /// Files published.
+    pub files: Counter,
+    /// Bytes made durable.
+    pub bytes: Counter,
+    /// Bytes encoded, not yet durable.
+    pub buffered_bytes: Gauge,
 }
 
 #[cfg(test)]

@@ -384,3 +384,11 @@ async fn join_until(set: &mut JoinSet<TaskResult>, deadline: Instant) -> Vec<Str
     }
     problems
 }
+
+/// Sleeps until `deadline`, or forever when there is none.
+pub async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

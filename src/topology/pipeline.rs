@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::queue::{QueueRx, QueueTx};
+use super::sleep_until;
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
 use crate::mlflow;
@@ -117,13 +118,5 @@ impl Pipeline {
             }
         }
         Ok(())
-    }
-}
-
-/// Sleeps until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -136,8 +136,18 @@ impl<T> QueueRx<T> {
     /// Cancel safe, as `tokio::sync::mpsc::Receiver::recv`.
     pub async fn recv(&mut self) -> Option<T> {
         let slot = self.rx.recv().await?;
+        Some(self.take(slot))
+    }
+
+    /// Takes the next item if one is waiting, without waiting.
+    pub fn try_recv(&mut self) -> Option<T> {
+        let slot = self.rx.try_recv().ok()?;
+        Some(self.take(slot))
+    }
+
+    fn take(&self, slot: Slot<T>) -> T {
         self.gauges.bytes.dec_by(slot._permit.num_permits() as i64);
-        Some(slot.value)
+        slot.value
     }
 }
 
@@ -167,7 +177,9 @@ mod tests {
         let (tx, mut rx) = bounded::<u32>(100, gauges.clone());
         tx.send(1, 1_000).await.unwrap();
         assert_eq!(gauges.bytes.get(), 100);
-        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(gauges.bytes.get(), 0);
+        assert_eq!(rx.try_recv(), None);
     }
 
     #[tokio::test]
