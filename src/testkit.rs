@@ -142,3 +142,46 @@ fn genai_attributes(index: usize, attr_bytes: usize) -> Vec<KeyValue> {
     ));
     attrs
 }
+
+/// The assembled revision of `trace_id` made of every span in `resource_spans`, normalized as a
+/// pipeline does (default experiment `"0"`).
+pub fn assembled(
+    trace_id: crate::model::TraceId,
+    resource_spans: Vec<ResourceSpans>,
+    revision: u32,
+    reason: crate::assemble::ReleaseReason,
+) -> crate::model::AssembledTrace {
+    use std::sync::Arc;
+    let groups = resource_spans
+        .into_iter()
+        .flat_map(|rs| {
+            let resource = rs.resource;
+            rs.scope_spans
+                .into_iter()
+                .map(move |ss| crate::assemble::EncodedGroup {
+                    origin: Arc::new(crate::model::Origin {
+                        resource: resource.clone(),
+                        scope: ss.scope,
+                        ..Default::default()
+                    }),
+                    spans: ss
+                        .spans
+                        .iter()
+                        .map(|s| Bytes::from(s.encode_to_vec()))
+                        .collect(),
+                })
+        })
+        .collect();
+    let release = crate::assemble::Release {
+        trace_id,
+        revision,
+        reason,
+        groups,
+        experiment: None,
+    };
+    crate::topology::pipeline::normalize(
+        release,
+        &crate::config::MlflowConfig::default(),
+        &crate::telemetry::metrics::Metrics::new(),
+    )
+}

@@ -232,7 +232,6 @@ fn timestamp(ms: u64) -> String {
     }
 }
 
-
 /// A span attribute as a plain string: JSON strings unwrapped, anything else its JSON text.
 fn attribute_text(span: &Span, key: &str) -> Option<String> {
     span.attributes

@@ -47,7 +47,11 @@ const FREE_TEXT: &[&str] = &[
 ];
 
 /// Writer settings of one table.
-pub fn properties(table: &str, codec: Codec, level: Option<i32>) -> parquet::errors::Result<WriterProperties> {
+pub fn properties(
+    table: &str,
+    codec: Codec,
+    level: Option<i32>,
+) -> parquet::errors::Result<WriterProperties> {
     let compression = match codec {
         Codec::Zstd => Compression::ZSTD(ZstdLevel::try_new(level.unwrap_or(1))?),
         Codec::Snappy => Compression::SNAPPY,
@@ -142,7 +146,12 @@ impl OpenFile {
     }
 
     /// Appends rows of trace `revisions` (in row order).
-    pub fn write(&mut self, traces: &RecordBatch, spans: &RecordBatch, revisions: &[(TraceId, u32)]) {
+    pub fn write(
+        &mut self,
+        traces: &RecordBatch,
+        spans: &RecordBatch,
+        revisions: &[(TraceId, u32)],
+    ) {
         for (id, rev) in revisions {
             self.name.add(id, *rev);
         }

@@ -18,6 +18,8 @@ pub mod layout;
 pub mod publish;
 pub mod rows;
 pub mod schema;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -262,7 +264,9 @@ impl ParquetSink {
                 bytes += t.bytes;
                 step.push(t);
             }
-            let done = self.encode(move |files| files.append(&step, Instant::now())).await;
+            let done = self
+                .encode(move |files| files.append(&step, Instant::now()))
+                .await;
             self.publisher.publish_all(done).await;
         }
         let done = self.encode(|files| files.close_all()).await;
@@ -291,7 +295,6 @@ impl ParquetSink {
     fn files(&self) -> &Files {
         self.files.as_ref().expect("files are back after each step")
     }
-
 }
 
 /// Publishes finished files; shared by reference across awaits, so it holds no open file.

@@ -76,7 +76,10 @@ impl Dataset {
     /// [`PublishError`] naming the operation and path that failed.
     pub fn publish(&self, file: &Finished) -> Result<(), PublishError> {
         for (table, bytes) in TABLES.into_iter().zip([&file.spans, &file.traces]) {
-            let staged = self.root.join(STAGING).join(format!("{table}-{}", file.name));
+            let staged = self
+                .root
+                .join(STAGING)
+                .join(format!("{table}-{}", file.name));
             write_synced(&staged, bytes)?;
             let dir = self.root.join(table).join(&file.partition);
             self.create_synced(&dir)?;

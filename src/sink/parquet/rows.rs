@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    ArrayBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, MapBuilder, StringBuilder,
-    StructBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
+    ArrayBuilder, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, MapBuilder,
+    StringBuilder, StructBuilder, TimestampMillisecondBuilder, TimestampNanosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
@@ -28,7 +28,8 @@ fn append_map<'a>(b: &mut StringMap, entries: impl IntoIterator<Item = (&'a str,
         b.keys().append_value(k);
         b.values().append_value(v);
     }
-    b.append(true).expect("keys and values are appended in pairs");
+    b.append(true)
+        .expect("keys and values are appended in pairs");
 }
 
 /// JSON text of each value: what MLflow stores for span attributes, used for event and link
@@ -38,7 +39,8 @@ fn append_json_map(b: &mut StringMap, entries: &indexmap::IndexMap<String, serde
         b.keys().append_value(k);
         b.values().append_value(v.to_string());
     }
-    b.append(true).expect("keys and values are appended in pairs");
+    b.append(true)
+        .expect("keys and values are appended in pairs");
 }
 
 /// Token counts from an MLflow usage dict (`{"input_tokens": …, "output_tokens": …, …}`).
@@ -147,10 +149,16 @@ struct SpanColumns {
     revision: Int32Builder,
 }
 
-fn struct_list(fields: arrow_schema::Fields, second: Box<dyn ArrayBuilder>) -> ListBuilder<StructBuilder> {
+fn struct_list(
+    fields: arrow_schema::Fields,
+    second: Box<dyn ArrayBuilder>,
+) -> ListBuilder<StructBuilder> {
     let item = Field::new("item", DataType::Struct(fields.clone()), false);
-    let builders: Vec<Box<dyn ArrayBuilder>> =
-        vec![Box::new(StringBuilder::new()), second, Box::new(string_map())];
+    let builders: Vec<Box<dyn ArrayBuilder>> = vec![
+        Box::new(StringBuilder::new()),
+        second,
+        Box::new(string_map()),
+    ];
     ListBuilder::new(StructBuilder::new(fields, builders)).with_field(item)
 }
 
@@ -176,8 +184,11 @@ impl Rows {
                 span_count: Int32Builder::new(),
                 error_span_count: Int32Builder::new(),
                 root_span_name: StringBuilder::new(),
-                services: ListBuilder::new(StringBuilder::new())
-                    .with_field(Field::new("item", DataType::Utf8, false)),
+                services: ListBuilder::new(StringBuilder::new()).with_field(Field::new(
+                    "item",
+                    DataType::Utf8,
+                    false,
+                )),
                 session_id: StringBuilder::new(),
                 user_id: StringBuilder::new(),
                 tokens: TokenColumns::default(),
@@ -247,7 +258,8 @@ impl Rows {
         t.execution_duration_ms
             .append_value(info.execution_duration_ms);
         t.state.append_value(info.state.as_str());
-        t.request_preview.append_option(info.request_preview.as_deref());
+        t.request_preview
+            .append_option(info.request_preview.as_deref());
         t.response_preview
             .append_option(info.response_preview.as_deref());
         t.client_request_id
@@ -369,7 +381,8 @@ impl SpanColumns {
         let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);
         self.start_time.append_value(ts_ns(start));
         self.end_time.append_value(ts_ns(end));
-        self.duration_ns.append_value(ts_ns(end.saturating_sub(start)));
+        self.duration_ns
+            .append_value(ts_ns(end.saturating_sub(start)));
         self.status_code.append_value(status_code(span.status.code));
         self.status_message.append_value(&span.status.message);
         self.inputs.append_option(span.attributes.get(INPUTS));
@@ -384,7 +397,8 @@ impl SpanColumns {
         self.push_events(span);
         self.push_links(span);
         self.service_name.append_option(service);
-        self.model.append_option(attribute_str(span, "mlflow.llm.model"));
+        self.model
+            .append_option(attribute_str(span, "mlflow.llm.model"));
         self.provider
             .append_option(attribute_str(span, "mlflow.llm.provider"));
         self.tokens

@@ -113,11 +113,7 @@ pub static SPANS: LazyLock<SchemaRef> = LazyLock::new(|| {
         optional_text("inputs"),
         optional_text("outputs"),
         Field::new("attributes", string_map(), false),
-        Field::new(
-            "events",
-            list_of(DataType::Struct(event_fields())),
-            false,
-        ),
+        Field::new("events", list_of(DataType::Struct(event_fields())), false),
         Field::new("links", list_of(DataType::Struct(link_fields())), false),
         optional_text("service_name"),
         optional_text("model"),
