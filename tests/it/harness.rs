@@ -33,6 +33,8 @@ pub struct Collector {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub out: PathBuf,
+    /// The Parquet sink's dataset, when [`Settings::parquet_file_age`] is set.
+    pub lake: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -55,6 +57,10 @@ pub struct Settings {
     pub max_trace_age: &'static str,
     /// The assembler's bound on held span bytes.
     pub max_in_flight_bytes: &'static str,
+    /// A second sink, `lake` (Parquet under [`Collector::lake`]), publishing files at this age.
+    pub parquet_file_age: Option<&'static str>,
+    /// Where the Parquet sink writes; `None` = `lake/` in the temp dir.
+    pub lake_path: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -70,12 +76,14 @@ impl Default for Settings {
             idle_timeout: "50ms",
             max_trace_age: "20s",
             max_in_flight_bytes: "256MiB",
+            parquet_file_age: None,
+            lake_path: None,
         }
     }
 }
 
 /// The YAML of a one-pipeline collector on ephemeral ports.
-pub fn pipeline_yaml(s: &Settings, out: &Path) -> String {
+pub fn pipeline_yaml(s: &Settings, out: &Path, lake: &Path) -> String {
     format!(
         r#"
 receivers:
@@ -105,7 +113,7 @@ pipelines:
       out:
         type: debug
         path: "{out}"
-        format: {format}
+        format: {format}{parquet}
 shutdown_timeout: 20s
 "#,
         body = s.max_body_size,
@@ -117,6 +125,12 @@ shutdown_timeout: 20s
         idle = s.idle_timeout,
         max_age = s.max_trace_age,
         in_flight = s.max_in_flight_bytes,
+        parquet = s.parquet_file_age.map_or(String::new(), |age| {
+            format!(
+                "\n      lake:\n        type: parquet\n        path: \"{}\"\n        max_file_age: {age}",
+                lake.display()
+            )
+        }),
         cors = s.cors_origin.map_or(String::new(), |o| {
             format!("\n      cors:\n        allowed_origins: [\"{o}\"]\n        max_age: 10m")
         }),
@@ -134,7 +148,11 @@ impl Collector {
             .sink_path
             .clone()
             .unwrap_or_else(|| dir.path().join("out.jsonl"));
-        let config = Config::parse(&pipeline_yaml(&settings, &out), "test.yaml").unwrap();
+        let lake = settings
+            .lake_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("lake"));
+        let config = Config::parse(&pipeline_yaml(&settings, &out, &lake), "test.yaml").unwrap();
         let running = topology::start(&config, Arc::new(Metrics::new()))
             .await
             .unwrap();
@@ -145,6 +163,7 @@ impl Collector {
             admin: a.admin.unwrap(),
             running: Some(running),
             out,
+            lake,
             _dir: dir,
         }
     }

@@ -12,4 +12,5 @@ mod http_extras;
 mod mlflow_oracle;
 mod mlflow_output;
 mod overload;
+mod parquet;
 mod shutdown;

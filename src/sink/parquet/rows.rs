@@ -11,7 +11,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field};
 
-use super::schema::{SPANS, TRACES, event_fields, link_fields};
+use super::schema::{SPANS, TRACES, event_fields, link_fields, map_names};
 use crate::mlflow::conventions::{INPUTS, OUTPUTS, SPAN_TYPE, TOKEN_USAGE};
 use crate::mlflow::json::PyValue;
 use crate::mlflow::span::{Span, StatusCode};
@@ -20,7 +20,11 @@ use crate::model::{AssembledTrace, SpanId};
 type StringMap = MapBuilder<StringBuilder, StringBuilder>;
 
 fn string_map() -> StringMap {
-    MapBuilder::new(None, StringBuilder::new(), StringBuilder::new())
+    MapBuilder::new(
+        Some(map_names()),
+        StringBuilder::new(),
+        StringBuilder::new(),
+    )
 }
 
 fn append_map<'a>(b: &mut StringMap, entries: impl IntoIterator<Item = (&'a str, &'a str)>) {

@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, LazyLock};
 
+use arrow_array::builder::MapFieldNames;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 /// Version of the dataset layout, written in each file's metadata under [`SCHEMA_VERSION_KEY`].
@@ -15,14 +16,25 @@ pub const SCHEMA_VERSION_KEY: &str = "traceloom.schema_version";
 /// File metadata key naming the table (`traces` or `spans`).
 pub const TABLE_KEY: &str = "traceloom.table";
 
-/// `MAP<STRING, STRING>` as arrow's `MapBuilder` makes it.
+/// Names of a map's parts, as the Parquet format specifies them (`key_value { key, value }`), so
+/// that every engine reads a plain `MAP<STRING, STRING>`.
+pub fn map_names() -> MapFieldNames {
+    MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    }
+}
+
+/// `MAP<STRING, STRING>`.
 pub fn string_map() -> DataType {
+    let names = map_names();
     let entries = Fields::from(vec![
-        Field::new("keys", DataType::Utf8, false),
-        Field::new("values", DataType::Utf8, true),
+        Field::new(names.key, DataType::Utf8, false),
+        Field::new(names.value, DataType::Utf8, true),
     ]);
     DataType::Map(
-        Arc::new(Field::new("entries", DataType::Struct(entries), false)),
+        Arc::new(Field::new(names.entry, DataType::Struct(entries), false)),
         false,
     )
 }

@@ -1,0 +1,211 @@
+//! The Parquet sink as a lake sees it: external engines read the dataset, a replay rewrites the
+//! same files, and a full or read-only disk delays data without losing it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use serde_json::Value;
+use traceloom::assemble::ReleaseReason;
+use traceloom::model::{AssembledTrace, TraceId};
+use traceloom::otlp::ExportTraceServiceRequest;
+use traceloom::sink::parquet::ParquetConfig;
+use traceloom::telemetry::metrics::{Metrics, QueueGauges};
+use traceloom::testkit::{self, resource_spans, span};
+use traceloom::topology::queue::bounded;
+
+use crate::harness::{Collector, Settings, metric, wait_for};
+use crate::mlflow_oracle::python;
+
+/// Reads `lake` with DuckDB, pyarrow and MLflow (`tests/python/lake_check.py`).
+pub fn lake_check(lake: &Path) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lake_check.py");
+    let out = Command::new(python())
+        .arg(script)
+        .arg(lake)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lake_check failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every `*.parquet` file under `dir`, relative path → contents.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let rel = path.strip_prefix(root).unwrap().to_path_buf();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if dir.exists() {
+        walk(dir, dir, &mut out);
+    }
+    out
+}
+
+/// A trace from two services, as MLflow's distributed example makes it.
+fn client_server_request(trace: [u8; 16]) -> ExportTraceServiceRequest {
+    let root = span(trace, [1; 8], &[], "client-root");
+    let handler = span(trace, [2; 8], &[1; 8], "server-handler");
+    ExportTraceServiceRequest {
+        resource_spans: vec![
+            resource_spans("client", vec![root]),
+            resource_spans("server", vec![handler]),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_pyarrow_and_mlflow_read_the_dataset() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Collector::start_with(Settings {
+        parquet_file_age: Some("200ms"),
+        lake_path: Some(dir.path().join("lake")),
+        ..Settings::default()
+    })
+    .await;
+    let many = testkit::request(3, 50, 4, 300);
+    for body in [
+        many.encode_to_vec(),
+        client_server_request([0xCD; 16]).encode_to_vec(),
+    ] {
+        assert_eq!(c.post_protobuf(body).await.status(), 200);
+    }
+    // Files are published by age while traceloom runs, not only at shutdown.
+    let traces_dir = c.lake.join("traces");
+    wait_for("published files", Duration::from_secs(10), || {
+        (files(&traces_dir).len() >= 1).then_some(())
+    })
+    .await;
+    let lake = c.lake.clone();
+    let metrics = c.metrics().await;
+    c.stop().await;
+    assert!(
+        metric(
+            &metrics,
+            "traceloom_sink_files_published_total{sink=\"lake\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let found = lake_check(&lake);
+    assert_eq!(found["traces"], 51);
+    assert_eq!(found["spans"], 50 * 4 + 2);
+    assert_eq!(found["join_rows"], 50 * 4 + 2);
+    assert_eq!(found["from_json"], 51);
+    let duck = &found["duckdb_types"];
+    for (table, column, kind) in [
+        ("traces", "request_time", "TIMESTAMP WITH TIME ZONE"),
+        ("traces", "tags", "MAP(VARCHAR, VARCHAR)"),
+        ("traces", "trace_metadata", "MAP(VARCHAR, VARCHAR)"),
+        ("traces", "services", "VARCHAR[]"),
+        ("traces", "span_count", "INTEGER"),
+        ("traces", "input_tokens", "BIGINT"),
+        ("traces", "partial", "BOOLEAN"),
+        ("traces", "date", "DATE"),
+        ("spans", "start_time", "TIMESTAMP WITH TIME ZONE"),
+        ("spans", "attributes", "MAP(VARCHAR, VARCHAR)"),
+        ("spans", "duration_ns", "BIGINT"),
+    ] {
+        assert_eq!(duck[table][column], kind, "{table}.{column}");
+    }
+    let events = duck["spans"]["events"].as_str().unwrap();
+    assert!(
+        events.starts_with("STRUCT(\"name\" VARCHAR, \"time\" TIMESTAMP WITH TIME ZONE")
+            && events.ends_with("[]"),
+        "{events}"
+    );
+    let arrow = &found["pyarrow"];
+    assert_eq!(arrow["traces"]["rows"], 51);
+    assert_eq!(arrow["spans"]["rows"], 202);
+    let types = &arrow["traces"]["types"];
+    assert_eq!(types["request_time"], "timestamp[ms, tz=UTC]");
+    assert!(
+        types["tags"]
+            .as_str()
+            .unwrap()
+            .starts_with("map<string, string")
+    );
+    assert!(
+        types["services"]
+            .as_str()
+            .unwrap()
+            .starts_with("list<item: string")
+    );
+    assert_eq!(arrow["spans"]["types"]["end_time"], "timestamp[ns, tz=UTC]");
+    let two = &found["by_trace"][format!("tr-{}@1", "cd".repeat(16))];
+    assert_eq!(two["services"], serde_json::json!(["client", "server"]));
+    assert_eq!(
+        two["span_names"],
+        serde_json::json!(["client-root", "server-handler"])
+    );
+    assert_eq!(two["name"], "client-root");
+    assert_eq!(two["state"], "OK");
+}
+
+/// Revisions of traces spread over two days, one of them twice (revisions 1 and 2).
+fn revisions() -> Vec<Arc<AssembledTrace>> {
+    (0..40u8)
+        .map(|i| {
+            let id = [i + 1; 16];
+            let mut root = span(id, [1; 8], &[], &format!("trace {i}"));
+            let day = u64::from(i % 2) * 86_400_000_000_000;
+            root.start_time_unix_nano += day;
+            root.end_time_unix_nano += day;
+            let revision = if i == 7 { 2 } else { 1 };
+            Arc::new(testkit::assembled(
+                TraceId(id),
+                vec![resource_spans("svc", vec![root])],
+                revision,
+                ReleaseReason::Complete,
+            ))
+        })
+        .collect()
+}
+
+/// Runs a Parquet sink at `lake` over `traces` until its input closes.
+async fn write(lake: &Path, traces: &[Arc<AssembledTrace>]) {
+    let yaml = format!("path: \"{}\"\nmax_file_age: 1h", lake.display());
+    let config: ParquetConfig = serde_saphyr::from_str(&yaml).unwrap();
+    let sink = config.build("lake", Metrics::new().sink("lake")).unwrap();
+    let (tx, rx) = bounded(1 << 30, QueueGauges::default());
+    for t in traces {
+        tx.send(Arc::clone(t), t.bytes).await.unwrap();
+    }
+    drop(tx);
+    sink.run(rx).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replay_rewrites_the_same_files_instead_of_adding_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let traces = revisions();
+    write(&lake, &traces).await;
+    let first = files(&lake);
+    assert_eq!(first.len(), 4, "two days x two tables: {:?}", first.keys());
+    write(&lake, &traces).await;
+    let second = files(&lake);
+    assert_eq!(first, second, "same names, same bytes");
+    let found = lake_check(&lake);
+    assert_eq!(found["traces"], 40);
+    assert_eq!(found["spans"], 40);
+    assert!(
+        found["by_trace"]
+            .get(format!("tr-{}@2", "08".repeat(16)))
+            .is_some()
+    );
+}
