@@ -10,13 +10,18 @@ use serde_json::Value;
 
 use crate::harness::{Collector, Settings, wait_for};
 use crate::mlflow_oracle::python;
+use crate::parquet::lake_check;
 
 async fn run_example(protocol: &'static str) {
     // A realistic idle timeout: the services export on their own schedules, and a short one
     // would (correctly) release the client's root alone first, then a second revision.
+    let workdir = tempfile::tempdir().unwrap();
+    let lake = workdir.path().join("lake");
     let c = Collector::start_with(Settings {
         format: "mlflow",
         idle_timeout: "2s",
+        parquet_file_age: Some("1h"),
+        lake_path: Some(lake.clone()),
         ..Settings::default()
     })
     .await;
@@ -24,7 +29,6 @@ async fn run_example(protocol: &'static str) {
         "grpc" => c.grpc_url(),
         _ => c.http_url(),
     };
-    let workdir = tempfile::tempdir().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/distributed.py");
     let out = tokio::task::spawn_blocking({
         let workdir = workdir.path().to_path_buf();
@@ -96,7 +100,22 @@ async fn run_example(protocol: &'static str) {
         "{}",
         String::from_utf8_lossy(&check.stdout)
     );
+    // The same trace lands in the lake: one trace row, two span rows (published at shutdown).
     c.stop().await;
+    let found = lake_check(&lake);
+    assert_eq!(
+        (found["traces"].as_u64(), found["spans"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let row = &found["by_trace"][format!("{trace_id}@1")];
+    assert_eq!(
+        row["services"],
+        serde_json::json!(["mlflow-client", "mlflow-server"])
+    );
+    assert_eq!(
+        row["span_names"],
+        serde_json::json!(["client-root", "server-handler"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
