@@ -209,3 +209,131 @@ async fn a_replay_rewrites_the_same_files_instead_of_adding_rows() {
             .is_some()
     );
 }
+
+/// A small tmpfs mounted for one test (needs root, as CI has), unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Self {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test fills a small tmpfs and needs root to mount it (CI runs as root)"
+        );
+        std::fs::create_dir_all(at).unwrap();
+        let fs = Self(at.to_path_buf());
+        fs.mount_with(&format!("size={size}"), false);
+        fs
+    }
+
+    fn mount_with(&self, options: &str, remount: bool) {
+        let options = if remount {
+            format!("remount,{options}")
+        } else {
+            options.to_string()
+        };
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -o {options} failed");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `traces` single-span traces whose attributes do not compress (random hex, ~2 KB a span).
+fn incompressible(seed: u64, traces: usize) -> ExportTraceServiceRequest {
+    let mut x = seed | 1;
+    let mut noise = |n: usize| {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect::<String>()
+    };
+    let spans = (0..traces)
+        .map(|t| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&seed.to_be_bytes());
+            id[8..].copy_from_slice(&(t as u64 + 1).to_be_bytes());
+            let mut s = span(id, [1; 8], &[], "noisy");
+            s.attributes = vec![testkit::kv("payload", &noise(128))];
+            s
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![resource_spans("svc", spans)],
+    }
+}
+
+/// Posts batches of fresh traces until one is refused with 503 (back-pressure); returns the
+/// number of traces accepted.
+async fn post_until_refused(c: &Collector, seed: &mut u64) -> usize {
+    let mut accepted = 0;
+    for _ in 0..400 {
+        *seed += 1;
+        let status = c
+            .post_protobuf(incompressible(*seed, 100).encode_to_vec())
+            .await
+            .status();
+        match status.as_u16() {
+            200 => accepted += 100,
+            503 => return accepted,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    panic!("no back-pressure after 400 requests while the disk could not be written");
+}
+
+async fn wait_for_errors(c: &Collector, above: f64) -> f64 {
+    let series = "traceloom_sink_errors_total{sink=\"lake\"}";
+    let mut errors = 0.0;
+    for _ in 0..200 {
+        errors = metric(&c.metrics().await, series).unwrap_or(0.0);
+        if errors > above {
+            return errors;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no sink error counted ({errors})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_or_read_only_disk_pushes_back_and_loses_nothing_once_it_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let disk = Tmpfs::mount(&lake, "256k");
+    let c = Collector::start_with(Settings {
+        parquet_file_age: Some("100ms"),
+        lake_path: Some(lake.clone()),
+        queue_bytes: "1MiB",
+        ..Settings::default()
+    })
+    .await;
+    let mut seed = 0;
+    // Full: publishing fails, is counted and retried; the queues fill; receivers answer 503.
+    let mut accepted = post_until_refused(&c, &mut seed).await;
+    let errors = wait_for_errors(&c, 0.0).await;
+    disk.mount_with("size=256m", true);
+    // Read-only: the same, until it is writable again.
+    disk.mount_with("ro", true);
+    accepted += post_until_refused(&c, &mut seed).await;
+    wait_for_errors(&c, errors).await;
+    disk.mount_with("rw", true);
+    c.stop().await;
+    let found = lake_check(&lake);
+    assert_eq!(
+        found["traces"].as_u64(),
+        Some(accepted as u64),
+        "every accepted trace, once"
+    );
+    drop(disk);
+}

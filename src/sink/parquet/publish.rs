@@ -127,3 +127,56 @@ fn sync_dir(dir: &Path) -> Result<(), PublishError> {
         .and_then(|d| d.sync_all())
         .map_err(at("sync", dir))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished() -> Finished {
+        Finished {
+            partition: "date=2026-11-21".into(),
+            name: "part-0000000000000001.parquet".into(),
+            traces: b"traces".to_vec(),
+            spans: b"spans".to_vec(),
+            revisions: Vec::new(),
+            span_rows: 0,
+        }
+    }
+
+    #[test]
+    fn publishing_moves_both_files_into_place_and_start_clears_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset, _) = Dataset::open(dir.path()).unwrap();
+        dataset.publish(&finished()).unwrap();
+        for table in TABLES {
+            let file = dir
+                .path()
+                .join(table)
+                .join("date=2026-11-21/part-0000000000000001.parquet");
+            assert_eq!(fs::read(file).unwrap(), table.as_bytes());
+        }
+        fs::write(
+            dir.path().join(STAGING).join("spans-part-x.parquet"),
+            b"half",
+        )
+        .unwrap();
+        let (_, removed) = Dataset::open(dir.path()).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(fs::read_dir(dir.path().join(STAGING)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_failure_names_the_operation_and_path_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dataset, _) = Dataset::open(dir.path()).unwrap();
+        fs::remove_dir(dir.path().join("spans")).unwrap();
+        fs::write(dir.path().join("spans"), b"not a directory").unwrap();
+        let error = dataset.publish(&finished()).unwrap_err().to_string();
+        let expected = format!(
+            "cannot create {}",
+            dir.path().join("spans/date=2026-11-21").display()
+        );
+        assert!(error.starts_with(&expected), "{error}");
+        assert_eq!(fs::read_dir(dir.path().join(STAGING)).unwrap().count(), 0);
+    }
+}
