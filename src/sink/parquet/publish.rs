@@ -76,13 +76,13 @@ impl Dataset {
     /// [`PublishError`] naming the operation and path that failed.
     pub fn publish(&self, file: &Finished) -> Result<(), PublishError> {
         for (table, bytes) in TABLES.into_iter().zip([&file.spans, &file.traces]) {
+            let dir = self.root.join(table).join(&file.partition);
+            self.create_synced(&dir)?;
             let staged = self
                 .root
                 .join(STAGING)
                 .join(format!("{table}-{}", file.name));
             write_synced(&staged, bytes)?;
-            let dir = self.root.join(table).join(&file.partition);
-            self.create_synced(&dir)?;
             let target = dir.join(&file.name);
             if let Err(e) = fs::rename(&staged, &target) {
                 let _ = fs::remove_file(&staged);
