@@ -46,6 +46,9 @@ const FREE_TEXT: &[&str] = &[
     "parent_span_id",
 ];
 
+/// Map columns whose values are free text (keys keep their dictionary: they repeat).
+const MAPS: &[&str] = &["attributes", "tags", "trace_metadata"];
+
 /// Writer settings of one table.
 pub fn properties(
     table: &str,
@@ -66,10 +69,17 @@ pub fn properties(
             KeyValue::new(SCHEMA_VERSION_KEY.into(), SCHEMA_VERSION.to_string()),
             KeyValue::new(TABLE_KEY.into(), table.to_string()),
         ]));
-    for column in FREE_TEXT {
+    let map_values = MAPS
+        .iter()
+        .map(|m| ColumnPath::new(vec![m.to_string(), "key_value".into(), "value".into()]));
+    for column in FREE_TEXT
+        .iter()
+        .map(|c| ColumnPath::from(*c))
+        .chain(map_values)
+    {
         b = b
-            .set_column_dictionary_enabled(ColumnPath::from(*column), false)
-            .set_column_statistics_enabled(ColumnPath::from(*column), EnabledStatistics::None);
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_statistics_enabled(column, EnabledStatistics::None);
     }
     Ok(b.build())
 }
@@ -83,6 +93,8 @@ pub struct FileSettings {
     pub spans: WriterProperties,
     /// Encoded bytes after which a row group is closed.
     pub row_group_bytes: usize,
+    /// Expected size of a file (`max_file_size`), reserved up front.
+    pub file_bytes: usize,
 }
 
 /// A file pair being written.
@@ -120,9 +132,19 @@ impl Finished {
     }
 }
 
-fn writer(schema: &Arc<arrow_schema::Schema>, props: &WriterProperties) -> ArrowWriter<Vec<u8>> {
-    ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props.clone()))
-        .expect("an in-memory writer for a fixed schema")
+/// A writer into memory. The buffer reserves `capacity` up front: only address space until
+/// written, and it saves copying the file each time a growing buffer doubles.
+fn writer(
+    schema: &Arc<arrow_schema::Schema>,
+    props: &WriterProperties,
+    capacity: usize,
+) -> ArrowWriter<Vec<u8>> {
+    ArrowWriter::try_new(
+        Vec::with_capacity(capacity),
+        Arc::clone(schema),
+        Some(props.clone()),
+    )
+    .expect("an in-memory writer for a fixed schema")
 }
 
 impl OpenFile {
@@ -131,8 +153,8 @@ impl OpenFile {
         Self {
             name: FileName::new(&partition),
             partition,
-            traces: writer(&TRACES, &settings.traces),
-            spans: writer(&SPANS, &settings.spans),
+            traces: writer(&TRACES, &settings.traces, settings.file_bytes / 4),
+            spans: writer(&SPANS, &settings.spans, settings.file_bytes),
             opened: now,
             revisions: Vec::new(),
             span_rows: 0,

@@ -133,6 +133,7 @@ impl ParquetConfig {
             traces: props("traces")?,
             spans: props("spans")?,
             row_group_bytes: self.row_group_size.as_usize(),
+            file_bytes: self.max_file_size.as_usize(),
         };
         let (dataset, removed) = Dataset::open(&self.path).map_err(|e| BuildError::Path {
             path: e.path,

@@ -94,6 +94,12 @@ fn status_code(code: StatusCode) -> &'static str {
     }
 }
 
+/// A span id as 16 lowercase hex digits, written into `buf`.
+fn span_hex<'a>(id: &SpanId, buf: &'a mut [u8; 16]) -> &'a str {
+    hex::encode_to_slice(id.0, buf).expect("16 hex digits for 8 bytes");
+    std::str::from_utf8(buf).expect("hex is ASCII")
+}
+
 fn ts_ns(ns: u64) -> i64 {
     i64::try_from(ns).unwrap_or(i64::MAX)
 }
@@ -377,9 +383,10 @@ impl Services {
 impl SpanColumns {
     fn push(&mut self, trace_id: &str, span: &Span, service: Option<&str>, revision: i32) {
         self.trace_id.append_value(trace_id);
-        self.span_id.append_value(span.span_id.to_string());
+        let mut hex = [0u8; 16];
+        self.span_id.append_value(span_hex(&span.span_id, &mut hex));
         self.parent_span_id
-            .append_option(span.parent_span_id.map(|p| p.to_string()));
+            .append_option(span.parent_span_id.as_ref().map(|p| span_hex(p, &mut hex)));
         self.name.append_value(&span.name);
         self.span_type.append_option(attribute_str(span, SPAN_TYPE));
         let (start, end) = (span.start_time_unix_nano, span.end_time_unix_nano);

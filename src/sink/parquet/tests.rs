@@ -23,6 +23,7 @@ fn settings() -> FileSettings {
         traces: properties("traces", Codec::Zstd, None).unwrap(),
         spans: properties("spans", Codec::Zstd, None).unwrap(),
         row_group_bytes: 1 << 20,
+        file_bytes: 1 << 20,
     }
 }
 

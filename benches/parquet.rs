@@ -1,0 +1,107 @@
+//! Parquet encoding throughput on one core, in spans per second: 8-span GenAI traces (~1 KiB of
+//! chat messages per span), normalized to MLflow, then encoded into both tables (arrow columns,
+//! zstd level 1, in memory) with `trace_json` on (the default) and off. Prints the encoded bytes
+//! per span once for each.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use traceloom::assemble::ReleaseReason;
+use traceloom::model::AssembledTrace;
+use traceloom::receive::validate::split_by_trace;
+use traceloom::sink::parquet::file::{Codec, FileSettings, OpenFile, properties};
+use traceloom::sink::parquet::rows::Rows;
+use traceloom::testkit;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TRACES: usize = 256;
+const SPANS_PER_TRACE: usize = 8;
+
+fn traces() -> Vec<Arc<AssembledTrace>> {
+    let request = testkit::request(1, TRACES, SPANS_PER_TRACE, 1000);
+    split_by_trace(request.resource_spans, Vec::new())
+        .traces
+        .into_iter()
+        .map(|t| {
+            Arc::new(testkit::assembled(
+                t.trace_id,
+                t.to_resource_spans(),
+                1,
+                ReleaseReason::Complete,
+            ))
+        })
+        .collect()
+}
+
+/// Encodes `traces` into `file` (a long-lived file, as in the sink, so that per-file costs are
+/// spread over many batches as they are in production).
+fn encode(traces: &[Arc<AssembledTrace>], trace_json: bool, file: &mut OpenFile) {
+    let mut rows = Rows::new(trace_json);
+    for t in traces {
+        rows.push(t);
+    }
+    let (trace_rows, span_rows) = rows.finish();
+    let revisions: Vec<_> = traces
+        .iter()
+        .map(|t| (t.release.trace_id, t.release.revision))
+        .collect();
+    file.write(&trace_rows, &span_rows, &revisions);
+}
+
+/// Encodes `traces` into files of up to 128 MiB, `batches` times; returns the bytes written.
+fn encode_files(
+    traces: &[Arc<AssembledTrace>],
+    trace_json: bool,
+    settings: &FileSettings,
+    batches: u64,
+) -> usize {
+    let new = || OpenFile::new("date=2026-11-21".into(), settings, Instant::now());
+    let (mut file, mut size) = (new(), 0);
+    for _ in 0..batches {
+        encode(traces, trace_json, &mut file);
+        if file.size() >= 128 << 20 {
+            size += std::mem::replace(&mut file, new()).finish().size();
+        }
+    }
+    size + file.finish().size()
+}
+
+fn parquet(c: &mut Criterion) {
+    let input = traces();
+    let settings = FileSettings {
+        traces: properties("traces", Codec::Zstd, None).unwrap(),
+        spans: properties("spans", Codec::Zstd, None).unwrap(),
+        row_group_bytes: 32 << 20,
+        file_bytes: 128 << 20,
+    };
+    let spans = TRACES * SPANS_PER_TRACE;
+    let mut group = c.benchmark_group("parquet");
+    group.throughput(Throughput::Elements(spans as u64));
+    for trace_json in [true, false] {
+        let batches = 200;
+        let size = encode_files(&input, trace_json, &settings, batches);
+        println!(
+            "trace_json={trace_json}: {:.0} bytes per span on disk",
+            size as f64 / (spans as u64 * batches) as f64
+        );
+        let name = if trace_json {
+            "encode/trace_json"
+        } else {
+            "encode/no_trace_json"
+        };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                encode_files(&input, trace_json, &settings, iters);
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, parquet);
+criterion_main!(benches);
