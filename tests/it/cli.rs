@@ -41,7 +41,7 @@ const BROKEN: &[(&str, &str)] = &[
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s:\n        type: kafak\n",
-        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard",
+        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard, parquet",
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s: {type: debug, pth: x}\n",
