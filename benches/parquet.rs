@@ -36,21 +36,6 @@ fn traces() -> Vec<Arc<AssembledTrace>> {
         .collect()
 }
 
-/// Encodes `traces` into `file` (a long-lived file, as in the sink, so that per-file costs are
-/// spread over many batches as they are in production).
-fn encode(traces: &[Arc<AssembledTrace>], trace_json: bool, file: &mut OpenFile) {
-    let mut rows = Rows::new(trace_json);
-    for t in traces {
-        rows.push(t);
-    }
-    let (trace_rows, span_rows) = rows.finish();
-    let revisions: Vec<_> = traces
-        .iter()
-        .map(|t| (t.release.trace_id, t.release.revision))
-        .collect();
-    file.write(&trace_rows, &span_rows, &revisions);
-}
-
 /// Encodes `traces` into files of up to 128 MiB, `batches` times; returns the bytes written.
 fn encode_files(
     traces: &[Arc<AssembledTrace>],
@@ -59,9 +44,9 @@ fn encode_files(
     batches: u64,
 ) -> usize {
     let new = || OpenFile::new("date=2026-11-21".into(), settings, Instant::now());
-    let (mut file, mut size) = (new(), 0);
+    let (mut file, mut size, mut rows) = (new(), 0, Rows::new(trace_json));
     for _ in 0..batches {
-        encode(traces, trace_json, &mut file);
+        file.append(&mut rows, traces.iter().map(|t| &**t));
         if file.size() >= 128 << 20 {
             size += std::mem::replace(&mut file, new()).finish().size();
         }

@@ -17,8 +17,9 @@ use parquet::schema::types::ColumnPath;
 use serde::Deserialize;
 
 use super::layout::FileName;
+use super::rows::Rows;
 use super::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, SPANS, TABLE_KEY, TRACES};
-use crate::model::TraceId;
+use crate::model::{AssembledTrace, TraceId};
 
 /// `compression` of the Parquet sink.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -167,25 +168,29 @@ impl OpenFile {
         self.opened
     }
 
-    /// Appends rows of trace `revisions` (in row order).
-    pub fn write(
+    /// Appends `traces` (built into rows with `rows`, whose builders start over) and returns the
+    /// `traces` and `spans` batches written.
+    pub fn append<'a>(
         &mut self,
-        traces: &RecordBatch,
-        spans: &RecordBatch,
-        revisions: &[(TraceId, u32)],
-    ) {
-        for (id, rev) in revisions {
-            self.name.add(id, *rev);
+        rows: &mut Rows,
+        traces: impl IntoIterator<Item = &'a AssembledTrace>,
+    ) -> (RecordBatch, RecordBatch) {
+        for t in traces {
+            rows.push(t);
+            let (id, revision) = (t.release.trace_id, t.release.revision);
+            self.name.add(&id, revision);
+            self.revisions.push((id, revision));
         }
-        self.revisions.extend_from_slice(revisions);
+        let (traces, spans) = rows.finish();
         self.span_rows += spans.num_rows();
-        for (w, batch) in [(&mut self.traces, traces), (&mut self.spans, spans)] {
+        for (w, batch) in [(&mut self.traces, &traces), (&mut self.spans, &spans)] {
             w.write(batch)
                 .expect("batches of the writer's schema encode in memory");
             if w.in_progress_size() >= self.row_group_bytes {
                 w.flush().expect("flushing a row group in memory");
             }
         }
+        (traces, spans)
     }
 
     /// Encoded bytes so far (closed row groups plus the open one).

@@ -175,21 +175,13 @@ impl Files {
         let mut rows = Rows::new(self.trace_json);
         let mut done = Vec::new();
         for (partition, traces) in by_partition {
-            for t in &traces {
-                rows.push(t);
-            }
-            let (trace_rows, span_rows) = rows.finish();
-            let revisions: Vec<_> = traces
-                .iter()
-                .map(|t| (t.release.trace_id, t.release.revision))
-                .collect();
             let file = self
                 .open
                 .entry(partition.clone())
                 .or_insert_with(|| OpenFile::new(partition.clone(), &self.settings, now));
-            file.write(&trace_rows, &span_rows, &revisions);
+            file.append(&mut rows, traces.into_iter().map(|t| &**t));
             if file.size() >= self.max_file_size {
-                done.extend(self.open.remove(&partition).map(OpenFile::finish));
+                done.extend(self.close(&partition));
             }
         }
         done.extend(self.due(now));

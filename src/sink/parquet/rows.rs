@@ -233,16 +233,6 @@ impl Rows {
         }
     }
 
-    /// Rows appended to `traces` so far.
-    pub fn len(&self) -> usize {
-        self.traces.trace_id.len()
-    }
-
-    /// Whether nothing was appended.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Appends one trace revision and its spans.
     pub fn push(&mut self, assembled: &AssembledTrace) {
         let services = Services::of(assembled);

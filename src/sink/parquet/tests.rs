@@ -76,17 +76,8 @@ fn two_services() -> AssembledTrace {
 fn round_trip(
     traces: &[AssembledTrace],
 ) -> ((RecordBatch, RecordBatch), (RecordBatch, RecordBatch)) {
-    let mut rows = Rows::new(true);
-    for t in traces {
-        rows.push(t);
-    }
-    let (trace_rows, span_rows) = rows.finish();
-    let revisions: Vec<_> = traces
-        .iter()
-        .map(|t| (t.release.trace_id, t.release.revision))
-        .collect();
     let mut file = OpenFile::new("date=1970-01-01".into(), &settings(), Instant::now());
-    file.write(&trace_rows, &span_rows, &revisions);
+    let (trace_rows, span_rows) = file.append(&mut Rows::new(true), traces);
     let done = file.finish();
     (
         (trace_rows, span_rows),
