@@ -6,6 +6,7 @@
 //! sections, and that every pipeline has somewhere to send its traces. Every error names the
 //! file, line, column, the path of the field and why.
 
+pub mod env;
 pub mod tagged;
 pub mod units;
 
@@ -222,7 +223,8 @@ impl Config {
             .expect("the embedded default pipeline is validated by a unit test")
     }
 
-    /// Parses and validates pipeline text; `file` names it in errors.
+    /// Parses and validates pipeline text; `file` names it in errors. Environment variables
+    /// (`${NAME}`, `${NAME:-default}`) are substituted first, see [`env`].
     ///
     /// # Errors
     ///
@@ -232,8 +234,9 @@ impl Config {
             file: file.to_string(),
             problems,
         };
+        let text = env::substitute(text, |name| std::env::var(name).ok()).map_err(fail)?;
         let mut path = String::new();
-        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        let parsed = serde_saphyr::with_deserializer_from_str(&text, |de| {
             serde_path_to_error::deserialize(de).map_err(|e| {
                 path = e.path().to_string();
                 e.into_inner()

@@ -7,6 +7,7 @@
 
 pub mod debug;
 pub mod discard;
+pub mod kafka;
 pub mod parquet;
 
 use std::sync::Arc;
@@ -32,16 +33,19 @@ pub enum SinkConfig {
     Discard(discard::DiscardConfig),
     /// A partitioned Parquet dataset of traces and spans.
     Parquet(parquet::ParquetConfig),
+    /// One Kafka message per trace revision.
+    Kafka(kafka::config::KafkaConfig),
 }
 
 impl Tagged for SinkConfig {
     const FAMILY: &'static str = "sink";
-    const KINDS: &'static [&'static str] = &["debug", "discard", "parquet"];
+    const KINDS: &'static [&'static str] = &["debug", "discard", "kafka", "parquet"];
 
     fn from_rest<'de, A: MapAccess<'de>>(kind: &str, rest: A) -> Result<Self, A::Error> {
         match kind {
             "debug" => tagged::settings(rest).map(SinkConfig::Debug),
             "parquet" => tagged::settings(rest).map(SinkConfig::Parquet),
+            "kafka" => tagged::settings(rest).map(SinkConfig::Kafka),
             _ => tagged::settings(rest).map(SinkConfig::Discard),
         }
     }
@@ -97,6 +101,8 @@ pub enum Sink {
     Discard(discard::DiscardSink),
     /// See [`parquet::ParquetSink`].
     Parquet(parquet::ParquetSink),
+    /// See [`kafka::KafkaSink`].
+    Kafka(Box<kafka::KafkaSink>),
 }
 
 impl SinkConfig {
@@ -105,12 +111,15 @@ impl SinkConfig {
     /// # Errors
     ///
     /// [`BuildError`] naming what could not be prepared.
-    pub fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
-        let metrics = metrics.sink(name);
+    pub async fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
+        let sink_metrics = metrics.sink(name);
         Ok(match self {
-            SinkConfig::Debug(c) => Sink::Debug(c.build(metrics)?),
-            SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(metrics)),
-            SinkConfig::Parquet(c) => Sink::Parquet(c.build(name, metrics)?),
+            SinkConfig::Debug(c) => Sink::Debug(c.build(sink_metrics)?),
+            SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(sink_metrics)),
+            SinkConfig::Parquet(c) => Sink::Parquet(c.build(name, sink_metrics)?),
+            SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
+                c.build(name, sink_metrics, metrics.kafka(name)).await?,
+            )),
         })
     }
 }
@@ -126,6 +135,7 @@ impl Sink {
             Sink::Debug(s) => s.run(input).await,
             Sink::Discard(s) => s.run(input).await,
             Sink::Parquet(s) => s.run(input).await,
+            Sink::Kafka(s) => s.run(input).await,
         }
     }
 }

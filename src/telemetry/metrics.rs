@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::model::Protocol;
@@ -58,6 +59,12 @@ struct SinkLabel {
     sink: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkErrorLabels {
+    sink: String,
+    kind: &'static str,
+}
+
 /// Why spans were refused, the `reason` label of `traceloom_receiver_refused_spans_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefuseReason {
@@ -100,6 +107,7 @@ pub struct Metrics {
     sink_files: Family<SinkLabel, Counter>,
     sink_bytes: Family<SinkLabel, Counter>,
     sink_buffered: Family<SinkLabel, Gauge>,
+    kafka: KafkaFamilies,
     mlflow_limits: Family<LimitLabel, Counter>,
     assembler_spans_in: Family<PipelineLabel, Counter>,
     assembler_spans_out: Family<PipelineLabel, Counter>,
@@ -135,6 +143,7 @@ impl Metrics {
             sink_files: Family::default(),
             sink_bytes: Family::default(),
             sink_buffered: Family::default(),
+            kafka: KafkaFamilies::default(),
             mlflow_limits: Family::default(),
             assembler_spans_in: Family::default(),
             assembler_spans_out: Family::default(),
@@ -203,6 +212,7 @@ impl Metrics {
             "Bytes a sink holds encoded but not yet durable",
             m.sink_buffered.clone(),
         );
+        m.kafka.register(&mut registry);
         registry.register(
             "mlflow_limits_applied",
             "MLflow limits applied while building traces (session_rejected, tag_dropped, tag_truncated, metadata_truncated)",
@@ -447,6 +457,137 @@ impl ReceiverMetrics {
 pub struct QueueGauges {
     /// Bytes currently queued.
     pub bytes: Gauge,
+}
+
+/// The Kafka sink's own families, labelled by sink.
+#[derive(Debug)]
+struct KafkaFamilies {
+    messages: Family<SinkLabel, Counter>,
+    bytes: Family<SinkLabel, Counter>,
+    delivery: Family<SinkLabel, Histogram>,
+    retries: Family<SinkLabel, Counter>,
+    errors: Family<SinkErrorLabels, Counter>,
+    in_flight: Family<SinkLabel, Gauge>,
+    split: Family<SinkLabel, Counter>,
+    dead_lettered: Family<SinkLabel, Counter>,
+}
+
+impl Default for KafkaFamilies {
+    fn default() -> Self {
+        Self {
+            messages: Family::default(),
+            bytes: Family::default(),
+            // 1ms to ~65s: a healthy broker answers in milliseconds, a failing one in retries.
+            delivery: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+            retries: Family::default(),
+            errors: Family::default(),
+            in_flight: Family::default(),
+            split: Family::default(),
+            dead_lettered: Family::default(),
+        }
+    }
+}
+
+impl KafkaFamilies {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, family) in [
+            (
+                "kafka_produced_messages",
+                "Messages the broker acknowledged",
+                &self.messages,
+            ),
+            (
+                "kafka_produced_bytes",
+                "Value bytes of the messages the broker acknowledged",
+                &self.bytes,
+            ),
+            (
+                "kafka_retries",
+                "Messages sent again after a transient failure",
+                &self.retries,
+            ),
+            (
+                "kafka_split_traces",
+                "Trace revisions larger than max_message_size, sent as numbered parts",
+                &self.split,
+            ),
+            (
+                "kafka_dead_lettered_traces",
+                "Trace revisions the broker refused for good, written to the dead-letter path",
+                &self.dead_lettered,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "kafka_delivery_seconds",
+            "From first send to the broker's acknowledgement of every part of a trace revision",
+            self.delivery.clone(),
+        );
+        registry.register(
+            "kafka_errors",
+            "Failed deliveries by kind (timeout, transport, queue_full, too_large, unknown_topic, authorization, fatal, other)",
+            self.errors.clone(),
+        );
+        registry.register(
+            "kafka_in_flight_messages",
+            "Messages sent and not yet acknowledged, or waiting to be sent again",
+            self.in_flight.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// Handles for one Kafka sink.
+    pub fn kafka(&self, sink: &str) -> KafkaMetrics {
+        let label = SinkLabel { sink: sink.into() };
+        let k = &self.kafka;
+        KafkaMetrics {
+            sink: sink.into(),
+            messages: k.messages.get_or_create(&label).clone(),
+            bytes: k.bytes.get_or_create(&label).clone(),
+            delivery: k.delivery.get_or_create(&label).clone(),
+            retries: k.retries.get_or_create(&label).clone(),
+            errors: k.errors.clone(),
+            in_flight: k.in_flight.get_or_create(&label).clone(),
+            split: k.split.get_or_create(&label).clone(),
+            dead_lettered: k.dead_lettered.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// Handles of one Kafka sink (beside its [`SinkMetrics`]).
+#[derive(Clone, Debug)]
+pub struct KafkaMetrics {
+    sink: String,
+    /// Messages acknowledged.
+    pub messages: Counter,
+    /// Value bytes acknowledged.
+    pub bytes: Counter,
+    /// Seconds from first send to the acknowledgement of a whole revision.
+    pub delivery: Histogram,
+    /// Messages sent again.
+    pub retries: Counter,
+    errors: Family<SinkErrorLabels, Counter>,
+    /// Messages awaiting acknowledgement or a retry.
+    pub in_flight: Gauge,
+    /// Revisions sent in parts.
+    pub split: Counter,
+    /// Revisions written to the dead-letter path.
+    pub dead_lettered: Counter,
+}
+
+impl KafkaMetrics {
+    /// Counts one failed delivery of `kind`.
+    pub fn error(&self, kind: &'static str) {
+        let labels = SinkErrorLabels {
+            sink: self.sink.clone(),
+            kind,
+        };
+        self.errors.get_or_create(&labels).inc();
+    }
 }
 
 /// Counters of one sink.

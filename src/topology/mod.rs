@@ -166,14 +166,14 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
         let mut sink_txs = Vec::new();
 
         for (sink_name, sink_config) in &pipeline.sinks {
-            let sink =
-                sink_config
-                    .build(sink_name, &metrics)
-                    .map_err(|source| StartError::Sink {
-                        pipeline: name.clone(),
-                        sink: sink_name.clone(),
-                        source,
-                    })?;
+            let sink = sink_config
+                .build(sink_name, &metrics)
+                .await
+                .map_err(|source| StartError::Sink {
+                    pipeline: name.clone(),
+                    sink: sink_name.clone(),
+                    source,
+                })?;
             let label = format!("sink.{name}.{sink_name}");
             let (tx, rx) = queue::bounded(
                 pipeline.queue.max_bytes.as_usize(),

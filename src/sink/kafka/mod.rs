@@ -1,0 +1,474 @@
+//! The `kafka` sink: one message per trace revision, keyed by MLflow trace id, acknowledged by
+//! every in-sync replica before it counts as written.
+//!
+//! ```text
+//! input ─► encode (message) ─► librdkafka ─► broker
+//!              │                    │
+//!              └─ InFlight ◄─ delivery reports (deliver): ack → durable
+//!                     │                                   transient → retry with back-off
+//!                     └─ refused for good → dead-letter topic or file (dead_letter)
+//! ```
+//!
+//! The sink reads its input only while the value bytes awaiting acknowledgement stay under
+//! `max_in_flight_bytes`; a slow or absent broker therefore fills the sink's queue and the
+//! pipeline's, and the receivers answer with retryable codes. At shutdown the sink returns
+//! once every revision it took is acknowledged or dead-lettered.
+
+pub mod config;
+pub mod dead_letter;
+pub mod deliver;
+pub mod message;
+pub mod topic;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use tokio::sync::mpsc;
+
+use self::config::{CreateTopic, KafkaConfig};
+use self::dead_letter::DeadLetterFile;
+use self::deliver::{Destination, Failure, InFlight, Report, Reports, Tag};
+use self::message::{Encoding, Message};
+use self::topic::TopicError;
+use super::{BuildError, SinkError, SinkInput};
+use crate::telemetry::metrics::{KafkaMetrics, SinkMetrics};
+use crate::topology::queue::QueueRx;
+use crate::topology::sleep_until;
+
+/// At most one warning about transient failures per this interval; the metrics count each.
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+type Producer = ThreadedProducer<Reports>;
+
+/// A running `kafka` sink.
+pub struct KafkaSink {
+    name: String,
+    topic: String,
+    encoding: Encoding,
+    max_message_size: usize,
+    max_in_flight: usize,
+    client: ClientConfig,
+    create_topic: Option<CreateTopic>,
+    topic_ready: bool,
+    producer: Producer,
+    generation: u32,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    in_flight: InFlight,
+    dead_letter_topic: Option<String>,
+    dead_letter_file: DeadLetterFile,
+    /// Refused revisions waiting to be written to the dead-letter file: (message, topic, error).
+    to_file: Vec<(Arc<Message>, String, String)>,
+    last_warning: Option<Instant>,
+    sink_metrics: SinkMetrics,
+    metrics: KafkaMetrics,
+}
+
+impl KafkaConfig {
+    /// Checks the settings, creates the producer, and prepares the topic when a broker answers;
+    /// when none does, the sink prepares it once one does and reads nothing until then.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Setting`] naming the setting: brokers that do not resolve, an invalid
+    /// librdkafka property, a missing topic, a topic the broker refuses to create.
+    pub async fn build(
+        &self,
+        name: &str,
+        sink_metrics: SinkMetrics,
+        metrics: KafkaMetrics,
+    ) -> Result<KafkaSink, BuildError> {
+        resolve_brokers(&self.brokers).await?;
+        let client = self.client_config()?;
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let producer = create_producer(&client, &reports_tx)?;
+        let dead_letter_path = self
+            .dead_letter
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data/dead-letter").join(format!("{name}.jsonl")));
+        let dead_letter_file =
+            DeadLetterFile::open(dead_letter_path.clone()).map_err(|source| BuildError::Path {
+                path: dead_letter_path,
+                source,
+            })?;
+        let mut sink = KafkaSink {
+            name: name.to_string(),
+            topic: self.topic.clone(),
+            encoding: self.encoding,
+            max_message_size: self.max_message_size.as_usize(),
+            max_in_flight: self.max_in_flight_bytes.as_usize(),
+            client,
+            create_topic: self.create_topic.clone(),
+            topic_ready: false,
+            producer,
+            generation: 0,
+            reports_tx,
+            reports,
+            in_flight: InFlight::default(),
+            dead_letter_topic: self.dead_letter.topic.clone(),
+            dead_letter_file,
+            to_file: Vec::new(),
+            last_warning: None,
+            sink_metrics,
+            metrics,
+        };
+        match sink.prepare_topics().await {
+            Ok(()) => {}
+            Err(TopicError::Unreachable(e)) => tracing::warn!(
+                brokers = %self.brokers,
+                error = %e,
+                "no Kafka broker answers yet; the sink will set up topic `{}` once one does, and \
+                 holds traces until then",
+                self.topic
+            ),
+            Err(e) => {
+                return Err(BuildError::Setting {
+                    field: "topic",
+                    reason: e.to_string(),
+                });
+            }
+        }
+        Ok(sink)
+    }
+}
+
+/// Fails when no bootstrap broker's host resolves: a typo there would otherwise look like a
+/// broker that is down, forever.
+async fn resolve_brokers(brokers: &str) -> Result<(), BuildError> {
+    let mut failures = Vec::new();
+    for broker in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        let address = broker.split_once("://").map_or(broker, |(_, rest)| rest);
+        match tokio::net::lookup_host(address).await {
+            Ok(_) => return Ok(()),
+            Err(e) => failures.push(format!("{broker}: {e}")),
+        }
+    }
+    Err(BuildError::Setting {
+        field: "brokers",
+        reason: if failures.is_empty() {
+            "no broker given: expected host:port[,host:port…]".into()
+        } else {
+            format!("no broker address resolves ({})", failures.join("; "))
+        },
+    })
+}
+
+fn create_producer(
+    client: &ClientConfig,
+    reports: &mpsc::UnboundedSender<Report>,
+) -> Result<Producer, BuildError> {
+    client
+        .create_with_context(Reports::new(reports.clone()))
+        .map_err(|e| BuildError::Setting {
+            field: "librdkafka",
+            reason: match e {
+                KafkaError::ClientConfig(_, description, key, value) => {
+                    format!("property `{key}` = `{value}` is refused: {description}")
+                }
+                other => other.to_string(),
+            },
+        })
+}
+
+impl KafkaSink {
+    /// Sends every revision until the input closes and everything taken is acknowledged or
+    /// dead-lettered.
+    ///
+    /// # Errors
+    ///
+    /// [`SinkError::Write`] never in practice: a dead-letter file that cannot be written is
+    /// retried, since dropping the revision is not an option.
+    pub async fn run(mut self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+        self.wait_for_topics().await;
+        let mut open = true;
+        while open || !self.in_flight.is_empty() {
+            let room = self.in_flight.bytes() < self.max_in_flight;
+            tokio::select! {
+                Some(report) = self.reports.recv() => self.on_report(report),
+                () = sleep_until(self.in_flight.next_retry()) => {
+                    for tag in self.in_flight.due(Instant::now()) {
+                        self.metrics.retries.inc();
+                        self.send(tag);
+                    }
+                }
+                next = input.recv(), if open && room => match next {
+                    Some(trace) => self.submit(&trace),
+                    None => open = false,
+                },
+            }
+            self.write_dead_letters().await;
+            self.metrics.in_flight.set(self.in_flight.messages() as i64);
+        }
+        Ok(())
+    }
+
+    /// Sets up the topics, retrying while no broker answers. Input waits meanwhile.
+    async fn wait_for_topics(&mut self) {
+        let mut delay = Duration::from_millis(200);
+        while !self.topic_ready {
+            match self.prepare_topics().await {
+                Ok(()) => tracing::info!(topic = %self.topic, "Kafka topic ready"),
+                Err(TopicError::Unreachable(e)) => {
+                    self.warn(format_args!("still no Kafka broker answers ({e})"));
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "traces will go to the dead-letter path");
+                    self.topic_ready = true;
+                }
+            }
+        }
+    }
+
+    /// Checks (or creates) the topic and the dead-letter topic; learns the message size limit.
+    async fn prepare_topics(&mut self) -> Result<(), TopicError> {
+        let create = self.create_topic.as_ref();
+        let facts = topic::prepare(&self.client, &self.topic, create).await?;
+        if let Some(dead_letter) = &self.dead_letter_topic {
+            topic::prepare(&self.client, dead_letter, create).await?;
+        }
+        if let Some(limit) = facts.max_message_bytes
+            && limit < self.max_message_size
+        {
+            tracing::info!(
+                topic = %self.topic,
+                limit,
+                "the topic takes smaller messages than max_message_size; parts follow its limit"
+            );
+            self.max_message_size = limit;
+        }
+        self.topic_ready = true;
+        Ok(())
+    }
+
+    /// Encodes a revision and sends its parts.
+    fn submit(&mut self, trace: &SinkInput) {
+        let message = Message::new(trace, self.encoding, self.max_message_size);
+        if message.parts.len() > 1 {
+            self.metrics.split.inc();
+        }
+        let parts = message.parts.len();
+        let spans = trace.release.span_count();
+        let id = self
+            .in_flight
+            .insert(Arc::new(message), spans, Destination::Topic);
+        self.send_all(id, parts);
+    }
+
+    fn send_all(&mut self, id: u64, parts: usize) {
+        for part in 0..parts {
+            self.send(Tag {
+                generation: self.generation,
+                id,
+                part,
+            });
+        }
+    }
+
+    /// Hands one part to librdkafka.
+    fn send(&mut self, tag: Tag) {
+        let tag = Tag {
+            generation: self.generation,
+            ..tag
+        };
+        let Some(out) = self.in_flight.get(tag.id) else {
+            return;
+        };
+        let (topic, reason) = match &out.destination {
+            Destination::Topic => (&self.topic, None),
+            Destination::DeadLetter(reason) => (
+                self.dead_letter_topic
+                    .as_ref()
+                    .expect("dead-letter destinations exist only with a dead-letter topic"),
+                Some(reason),
+            ),
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(10);
+        for (key, value) in out
+            .message
+            .part_headers(tag.part)
+            .chain(reason.map(|r| ("error", r.clone())))
+        {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = BaseRecord::with_opaque_to(topic, Box::new(tag))
+            .key(out.message.key.as_bytes())
+            .payload(&out.message.parts[tag.part][..])
+            .headers(headers);
+        if let Err(e) = self.producer.send(record).map_err(|(e, _)| e) {
+            self.failed(tag, &e);
+        }
+    }
+
+    fn on_report(&mut self, report: Report) {
+        let tag = report.tag;
+        if tag.generation != self.generation {
+            return;
+        }
+        match report.result {
+            Ok(()) => {
+                if let Some(out) = self.in_flight.acked(tag.id, tag.part) {
+                    self.delivered(&out);
+                }
+            }
+            Err(e) => self.failed(tag, &e),
+        }
+    }
+
+    /// Every part of a revision is acknowledged: it is durable.
+    fn delivered(&self, out: &deliver::Outgoing) {
+        let parts = out.message.parts.len() as u64;
+        let bytes = out.message.value_len() as u64;
+        self.metrics.messages.inc_by(parts);
+        self.metrics.bytes.inc_by(bytes);
+        match out.destination {
+            Destination::Topic => {
+                self.metrics
+                    .delivery
+                    .observe(out.since.elapsed().as_secs_f64());
+                self.sink_metrics.traces.inc();
+                self.sink_metrics.spans.inc_by(out.spans as u64);
+                self.sink_metrics.bytes.inc_by(bytes);
+            }
+            Destination::DeadLetter(_) => {
+                self.metrics.dead_lettered.inc();
+            }
+        }
+    }
+
+    fn failed(&mut self, tag: Tag, error: &KafkaError) {
+        match Failure::of(error) {
+            Failure::Transient(kind) => {
+                self.metrics.error(kind);
+                self.sink_metrics.errors.inc();
+                self.warn(format_args!(
+                    "a delivery to Kafka failed and will be retried: {error}"
+                ));
+                self.in_flight.retry_later(tag, Instant::now());
+            }
+            Failure::Permanent(kind) => {
+                self.metrics.error(kind);
+                self.sink_metrics.errors.inc();
+                self.refuse(tag.id, error.to_string());
+            }
+            Failure::Fatal => {
+                self.metrics.error("fatal");
+                self.sink_metrics.errors.inc();
+                self.rebuild_producer(error);
+            }
+        }
+    }
+
+    /// A revision the broker refuses for good: to the dead-letter topic if there is one and it
+    /// was not already headed there, else to the dead-letter file.
+    fn refuse(&mut self, id: u64, reason: String) {
+        let Some(out) = self.in_flight.remove(id) else {
+            return;
+        };
+        let topic = match &out.destination {
+            Destination::Topic => &self.topic,
+            Destination::DeadLetter(_) => self.dead_letter_topic.as_ref().expect("set"),
+        };
+        tracing::error!(
+            topic = %topic,
+            key = %out.message.key,
+            error = %reason,
+            "Kafka refused a trace revision for good; it goes to the dead-letter path"
+        );
+        match (&out.destination, &self.dead_letter_topic) {
+            (Destination::Topic, Some(_)) => {
+                let parts = out.message.parts.len();
+                let id =
+                    self.in_flight
+                        .insert(out.message, out.spans, Destination::DeadLetter(reason));
+                self.send_all(id, parts);
+            }
+            _ => self.to_file.push((out.message, topic.clone(), reason)),
+        }
+    }
+
+    /// The idempotent producer hit a fatal error (its sequence state is gone): start a new
+    /// producer and send everything unacknowledged again. Reports of the old one are ignored;
+    /// a part it had in fact delivered arrives twice, which Kafka cannot prevent here.
+    fn rebuild_producer(&mut self, error: &KafkaError) {
+        let reason = self
+            .producer
+            .client()
+            .fatal_error()
+            .map_or_else(|| error.to_string(), |(_, reason)| reason);
+        tracing::error!(%reason, "the Kafka producer failed fatally; starting a new one");
+        match create_producer(&self.client, &self.reports_tx) {
+            Ok(producer) => self.producer = producer,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a new Kafka producer");
+                return;
+            }
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.in_flight.clear_retries();
+        for (id, part) in self.in_flight.unacked() {
+            self.send(Tag {
+                generation: self.generation,
+                id,
+                part,
+            });
+        }
+    }
+
+    /// Writes refused revisions to the dead-letter file, retrying until the file takes them.
+    async fn write_dead_letters(&mut self) {
+        let mut delay = Duration::from_millis(100);
+        while !self.to_file.is_empty() {
+            let file = self.dead_letter_file.clone();
+            let mut batch = std::mem::take(&mut self.to_file);
+            let total = batch.len();
+            let (batch, result) = tokio::task::spawn_blocking(move || {
+                // Written lines leave the batch, so a retry never writes one twice.
+                while let Some((message, topic, error)) = batch.first() {
+                    if let Err(e) = file.write(message, topic, error) {
+                        return (batch, Err(e));
+                    }
+                    batch.remove(0);
+                }
+                (batch, Ok(()))
+            })
+            .await
+            .expect("dead-letter writes do not panic");
+            self.metrics
+                .dead_lettered
+                .inc_by((total - batch.len()) as u64);
+            if let Err(e) = result {
+                self.sink_metrics.errors.inc();
+                tracing::error!(
+                    path = %self.dead_letter_file.path().display(),
+                    error = %e,
+                    "cannot write the dead-letter file; retrying"
+                );
+                self.to_file = batch;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
+        {
+            self.last_warning = Some(now);
+            tracing::warn!(sink = %self.name, topic = %self.topic, "{message}");
+        }
+    }
+}
