@@ -19,6 +19,8 @@ pub mod dead_letter;
 pub mod deliver;
 pub mod message;
 pub mod topic;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
