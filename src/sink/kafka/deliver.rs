@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
@@ -53,10 +54,27 @@ impl Reports {
 }
 
 impl ClientContext for Reports {
+    /// Connection errors repeat for as long as a broker is down, and librdkafka also logs them:
+    /// they go to debug, and the sink's own rate-limited warnings and metrics tell the story.
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection errors repeat while a broker is down; librdkafka already reports
-        // them once per state change, and the sink counts the deliveries they fail.
-        tracing::warn!(%error, "kafka client: {reason}");
+        match Failure::of(&error) {
+            Failure::Transient("transport") => tracing::debug!(%error, "kafka client: {reason}"),
+            _ => tracing::warn!(%error, "kafka client: {reason}"),
+        }
+    }
+
+    /// librdkafka's own log: its errors are ones it recovers from (a refused connection), so
+    /// they are warnings here; its notices are debug detail.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error | L::Warning => {
+                tracing::warn!(target: "librdkafka", "{facility}: {message}");
+            }
+            L::Notice | L::Info | L::Debug => {
+                tracing::debug!(target: "librdkafka", "{facility}: {message}");
+            }
+        }
     }
 }
 
@@ -81,7 +99,8 @@ pub enum Failure {
     Transient(&'static str),
     /// Will fail again: dead-letter the revision.
     Permanent(&'static str),
-    /// The producer is unusable (idempotence state lost) and must be rebuilt.
+    /// The producer is unusable (its idempotence state is lost or fenced) and must be
+    /// replaced by a new one.
     Fatal,
 }
 
@@ -90,7 +109,17 @@ impl Failure {
     pub fn of(error: &KafkaError) -> Self {
         use RDKafkaErrorCode as C;
         match error.rdkafka_error_code() {
-            Some(C::Fatal) => Self::Fatal,
+            // The broker no longer knows this producer's id, epoch or sequence (a broker that
+            // lost its state, a fenced epoch): only a new producer id gets through.
+            Some(
+                C::Fatal
+                | C::Fenced
+                | C::ProducerFenced
+                | C::InvalidProducerEpoch
+                | C::InvalidProducerIdMapping
+                | C::UnknownProducerId
+                | C::OutOfOrderSequenceNumber,
+            ) => Self::Fatal,
             Some(C::MessageTimedOut | C::RequestTimedOut) => Self::Transient("timeout"),
             Some(C::QueueFull) => Self::Transient("queue_full"),
             Some(

@@ -18,9 +18,9 @@ pub mod config;
 pub mod dead_letter;
 pub mod deliver;
 pub mod message;
-pub mod topic;
 #[cfg(test)]
 mod tests;
+pub mod topic;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,18 +45,37 @@ use crate::topology::sleep_until;
 /// At most one warning about transient failures per this interval; the metrics count each.
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
+/// At most one topic check per this interval while deliveries keep failing.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the sink knows of its topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopicState {
+    /// No broker has answered yet.
+    Unknown,
+    /// It exists.
+    Ready,
+    /// It does not exist and traceloom may not create it.
+    Missing,
+}
+
 type Producer = ThreadedProducer<Reports>;
 
 /// A running `kafka` sink.
 pub struct KafkaSink {
     name: String,
-    topic: String,
+    topic_name: String,
     encoding: Encoding,
     max_message_size: usize,
     max_in_flight: usize,
     client: ClientConfig,
     create_topic: Option<CreateTopic>,
-    topic_ready: bool,
+    topic: TopicState,
+    /// A delivery timed out or found the topic unknown: look at the topic again.
+    recheck: bool,
+    /// A delivery timed out since the last check.
+    timed_out: bool,
+    last_check: Option<Instant>,
     producer: Producer,
     generation: u32,
     reports_tx: mpsc::UnboundedSender<Report>,
@@ -67,6 +86,7 @@ pub struct KafkaSink {
     /// Refused revisions waiting to be written to the dead-letter file: (message, topic, error).
     to_file: Vec<(Arc<Message>, String, String)>,
     last_warning: Option<Instant>,
+    last_refusal: Option<Instant>,
     sink_metrics: SinkMetrics,
     metrics: KafkaMetrics,
 }
@@ -101,13 +121,16 @@ impl KafkaConfig {
             })?;
         let mut sink = KafkaSink {
             name: name.to_string(),
-            topic: self.topic.clone(),
+            topic_name: self.topic.clone(),
             encoding: self.encoding,
             max_message_size: self.max_message_size.as_usize(),
             max_in_flight: self.max_in_flight_bytes.as_usize(),
             client,
             create_topic: self.create_topic.clone(),
-            topic_ready: false,
+            topic: TopicState::Unknown,
+            recheck: false,
+            timed_out: false,
+            last_check: None,
             producer,
             generation: 0,
             reports_tx,
@@ -117,6 +140,7 @@ impl KafkaConfig {
             dead_letter_file,
             to_file: Vec::new(),
             last_warning: None,
+            last_refusal: None,
             sink_metrics,
             metrics,
         };
@@ -187,9 +211,10 @@ impl KafkaSink {
     /// [`SinkError::Write`] never in practice: a dead-letter file that cannot be written is
     /// retried, since dropping the revision is not an option.
     pub async fn run(mut self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
-        self.wait_for_topics().await;
         let mut open = true;
         while open || !self.in_flight.is_empty() {
+            self.wait_for_topics().await;
+            self.recheck_topics().await;
             let room = self.in_flight.bytes() < self.max_in_flight;
             tokio::select! {
                 Some(report) = self.reports.recv() => self.on_report(report),
@@ -210,29 +235,59 @@ impl KafkaSink {
         Ok(())
     }
 
-    /// Sets up the topics, retrying while no broker answers. Input waits meanwhile.
+    /// Sets up the topics when no broker answered at start, retrying until one does. Input
+    /// waits meanwhile, so the pipeline pushes back.
     async fn wait_for_topics(&mut self) {
         let mut delay = Duration::from_millis(200);
-        while !self.topic_ready {
+        while self.topic == TopicState::Unknown {
             match self.prepare_topics().await {
-                Ok(()) => tracing::info!(topic = %self.topic, "Kafka topic ready"),
+                Ok(()) => tracing::info!(topic = %self.topic_name, "Kafka topic ready"),
                 Err(TopicError::Unreachable(e)) => {
                     self.warn(format_args!("still no Kafka broker answers ({e})"));
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "traces will go to the dead-letter path");
-                    self.topic_ready = true;
-                }
+                Err(e) => self.topic_missing(&e),
             }
         }
+    }
+
+    /// Deliveries time out or find the topic unknown: a broker that lost the topic (deleted,
+    /// or restarted without persistent storage) looks exactly like a slow one to librdkafka,
+    /// so look. The topic is created again when `create_topic` is set; otherwise revisions
+    /// for it are dead-lettered until it exists again.
+    async fn recheck_topics(&mut self) {
+        let now = Instant::now();
+        if !self.recheck
+            || self
+                .last_check
+                .is_some_and(|at| now - at < RECHECK_INTERVAL)
+        {
+            return;
+        }
+        self.recheck = false;
+        self.last_check = Some(now);
+        let timed_out = std::mem::take(&mut self.timed_out);
+        match self.prepare_topics().await {
+            // librdkafka retries a producer id that a restarted broker forgot without end, and
+            // reports only timeouts: a broker that answers while deliveries time out is that.
+            Ok(()) if timed_out => {
+                self.rebuild_producer("deliveries time out although the brokers answer");
+            }
+            Ok(()) | Err(TopicError::Unreachable(_)) => {}
+            Err(e) => self.topic_missing(&e),
+        }
+    }
+
+    fn topic_missing(&mut self, error: &TopicError) {
+        tracing::error!(%error, "trace revisions for the topic go to the dead-letter path");
+        self.topic = TopicState::Missing;
     }
 
     /// Checks (or creates) the topic and the dead-letter topic; learns the message size limit.
     async fn prepare_topics(&mut self) -> Result<(), TopicError> {
         let create = self.create_topic.as_ref();
-        let facts = topic::prepare(&self.client, &self.topic, create).await?;
+        let facts = topic::prepare(&self.client, &self.topic_name, create).await?;
         if let Some(dead_letter) = &self.dead_letter_topic {
             topic::prepare(&self.client, dead_letter, create).await?;
         }
@@ -240,13 +295,13 @@ impl KafkaSink {
             && limit < self.max_message_size
         {
             tracing::info!(
-                topic = %self.topic,
+                topic = %self.topic_name,
                 limit,
                 "the topic takes smaller messages than max_message_size; parts follow its limit"
             );
             self.max_message_size = limit;
         }
-        self.topic_ready = true;
+        self.topic = TopicState::Ready;
         Ok(())
     }
 
@@ -261,7 +316,12 @@ impl KafkaSink {
         let id = self
             .in_flight
             .insert(Arc::new(message), spans, Destination::Topic);
-        self.send_all(id, parts);
+        if self.topic == TopicState::Missing {
+            self.recheck = true;
+            self.refuse(id, format!("topic `{}` does not exist", self.topic_name));
+        } else {
+            self.send_all(id, parts);
+        }
     }
 
     fn send_all(&mut self, id: u64, parts: usize) {
@@ -284,7 +344,7 @@ impl KafkaSink {
             return;
         };
         let (topic, reason) = match &out.destination {
-            Destination::Topic => (&self.topic, None),
+            Destination::Topic => (&self.topic_name, None),
             Destination::DeadLetter(reason) => (
                 self.dead_letter_topic
                     .as_ref()
@@ -350,12 +410,31 @@ impl KafkaSink {
 
     fn failed(&mut self, tag: Tag, error: &KafkaError) {
         match Failure::of(error) {
+            Failure::Transient("timeout") if self.topic == TopicState::Missing => {
+                self.metrics.error("unknown_topic");
+                self.sink_metrics.errors.inc();
+                self.recheck = true;
+                self.refuse(
+                    tag.id,
+                    format!("topic `{}` does not exist", self.topic_name),
+                );
+            }
             Failure::Transient(kind) => {
                 self.metrics.error(kind);
                 self.sink_metrics.errors.inc();
+                if kind == "timeout" {
+                    self.recheck = true;
+                    self.timed_out = true;
+                }
                 self.warn(format_args!(
                     "a delivery to Kafka failed and will be retried: {error}"
                 ));
+                self.in_flight.retry_later(tag, Instant::now());
+            }
+            Failure::Permanent("unknown_topic") if self.create_topic.is_some() => {
+                self.metrics.error("unknown_topic");
+                self.sink_metrics.errors.inc();
+                self.recheck = true;
                 self.in_flight.retry_later(tag, Instant::now());
             }
             Failure::Permanent(kind) => {
@@ -366,7 +445,12 @@ impl KafkaSink {
             Failure::Fatal => {
                 self.metrics.error("fatal");
                 self.sink_metrics.errors.inc();
-                self.rebuild_producer(error);
+                let reason = self
+                    .producer
+                    .client()
+                    .fatal_error()
+                    .map_or_else(|| error.to_string(), |(_, reason)| reason);
+                self.rebuild_producer(&reason);
             }
         }
     }
@@ -378,15 +462,23 @@ impl KafkaSink {
             return;
         };
         let topic = match &out.destination {
-            Destination::Topic => &self.topic,
+            Destination::Topic => &self.topic_name,
             Destination::DeadLetter(_) => self.dead_letter_topic.as_ref().expect("set"),
         };
-        tracing::error!(
-            topic = %topic,
-            key = %out.message.key,
-            error = %reason,
-            "Kafka refused a trace revision for good; it goes to the dead-letter path"
-        );
+        let now = Instant::now();
+        if self
+            .last_refusal
+            .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
+        {
+            self.last_refusal = Some(now);
+            tracing::error!(
+                topic = %topic,
+                key = %out.message.key,
+                error = %reason,
+                "Kafka refused a trace revision for good; it goes to the dead-letter path \
+                 (further refusals within {WARN_INTERVAL:?} are only counted)"
+            );
+        }
         match (&out.destination, &self.dead_letter_topic) {
             (Destination::Topic, Some(_)) => {
                 let parts = out.message.parts.len();
@@ -399,18 +491,17 @@ impl KafkaSink {
         }
     }
 
-    /// The idempotent producer hit a fatal error (its sequence state is gone): start a new
+    /// The producer cannot deliver any more (its id, epoch or sequence is gone): start a new
     /// producer and send everything unacknowledged again. Reports of the old one are ignored;
     /// a part it had in fact delivered arrives twice, which Kafka cannot prevent here.
-    fn rebuild_producer(&mut self, error: &KafkaError) {
-        let reason = self
-            .producer
-            .client()
-            .fatal_error()
-            .map_or_else(|| error.to_string(), |(_, reason)| reason);
-        tracing::error!(%reason, "the Kafka producer failed fatally; starting a new one");
+    fn rebuild_producer(&mut self, reason: &str) {
+        tracing::error!(%reason, "the Kafka producer is stuck; starting a new one");
         match create_producer(&self.client, &self.reports_tx) {
-            Ok(producer) => self.producer = producer,
+            Ok(producer) => {
+                // Dropping a producer purges its queue and joins its thread: not on the runtime.
+                let old = std::mem::replace(&mut self.producer, producer);
+                tokio::task::spawn_blocking(move || drop(old));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start a new Kafka producer");
                 return;
@@ -434,7 +525,7 @@ impl KafkaSink {
             let file = self.dead_letter_file.clone();
             let mut batch = std::mem::take(&mut self.to_file);
             let total = batch.len();
-            let (batch, result) = tokio::task::spawn_blocking(move || {
+            let written = tokio::task::spawn_blocking(move || {
                 // Written lines leave the batch, so a retry never writes one twice.
                 while let Some((message, topic, error)) = batch.first() {
                     if let Err(e) = file.write(message, topic, error) {
@@ -444,8 +535,12 @@ impl KafkaSink {
                 }
                 (batch, Ok(()))
             })
-            .await
-            .expect("dead-letter writes do not panic");
+            .await;
+            // Cancelled only when the runtime shuts down, and then nothing can be written.
+            let Ok((batch, result)) = written else {
+                tracing::error!("the runtime stopped while writing the dead-letter file");
+                return;
+            };
             self.metrics
                 .dead_lettered
                 .inc_by((total - batch.len()) as u64);
@@ -470,7 +565,7 @@ impl KafkaSink {
             .is_none_or(|at| now.duration_since(at) >= WARN_INTERVAL)
         {
             self.last_warning = Some(now);
-            tracing::warn!(sink = %self.name, topic = %self.topic, "{message}");
+            tracing::warn!(sink = %self.name, topic = %self.topic_name, "{message}");
         }
     }
 }

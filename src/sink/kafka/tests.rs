@@ -119,8 +119,7 @@ fn otlp_values_hold_every_span_with_its_resource() {
         .collect();
     assert_eq!(names, ["client-root", "server-handler"]);
 
-    let json: serde_json::Value =
-        serde_json::from_slice(&value(&t, Encoding::OtlpJson)).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&value(&t, Encoding::OtlpJson)).unwrap();
     let spans = &json["resourceSpans"][1]["scopeSpans"][0]["spans"][0];
     assert_eq!(spans["name"], "server-handler");
     assert_eq!(spans["traceId"], "03".repeat(16));
@@ -155,6 +154,8 @@ fn failures_are_classified_by_what_retrying_can_fix() {
         Failure::Permanent("authorization")
     );
     assert_eq!(Failure::of(&produce(C::Fatal)), Failure::Fatal);
+    assert_eq!(Failure::of(&produce(C::ProducerFenced)), Failure::Fatal);
+    assert_eq!(Failure::of(&produce(C::UnknownProducerId)), Failure::Fatal);
 }
 
 fn message(parts: usize, bytes_each: usize) -> Arc<Message> {
@@ -186,7 +187,10 @@ fn a_revision_is_delivered_once_every_part_is_acknowledged_once() {
     assert_eq!(out.spans, 4);
     assert!(f.is_empty());
     assert_eq!((f.bytes(), f.messages()), (0, 0));
-    assert!(f.acked(id, 1).is_none(), "late reports of a finished revision");
+    assert!(
+        f.acked(id, 1).is_none(),
+        "late reports of a finished revision"
+    );
 }
 
 #[test]
@@ -248,7 +252,9 @@ fn security_settings_map_to_librdkafka_properties() {
 
 #[test]
 fn overriding_delivery_reports_is_refused() {
-    let c = kafka_config("brokers: k:9092\ntopic: t\nlibrdkafka:\n  delivery.report.only.error: true\n");
+    let c = kafka_config(
+        "brokers: k:9092\ntopic: t\nlibrdkafka:\n  delivery.report.only.error: true\n",
+    );
     let e = c.client_config().unwrap_err().to_string();
     assert!(e.contains("delivery.report.only.error"), "{e}");
 }

@@ -80,7 +80,8 @@ async fn exists(
         admin.inner().fetch_metadata(Some(&name), METADATA_TIMEOUT)
     })
     .await
-    .expect("metadata fetch does not panic")
+    // Cancelled only when the runtime shuts down.
+    .unwrap_or(Err(KafkaError::Canceled))
     .map_err(TopicError::Unreachable)?;
     Ok(metadata
         .topics()
