@@ -34,7 +34,7 @@ pub enum SinkConfig {
     /// A partitioned Parquet dataset of traces and spans.
     Parquet(parquet::ParquetConfig),
     /// One Kafka message per trace revision.
-    Kafka(kafka::config::KafkaConfig),
+    Kafka(Box<kafka::config::KafkaConfig>),
 }
 
 impl Tagged for SinkConfig {

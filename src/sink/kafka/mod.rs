@@ -107,6 +107,9 @@ impl KafkaConfig {
     ) -> Result<KafkaSink, BuildError> {
         resolve_brokers(&self.brokers).await?;
         let client = self.client_config()?;
+        // One report per message sent, and messages are bounded by `max_in_flight_bytes`; a
+        // bounded channel would stall librdkafka's callback thread instead.
+        #[allow(clippy::disallowed_methods)]
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let producer = create_producer(&client, &reports_tx)?;
         let dead_letter_path = self
