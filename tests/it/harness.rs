@@ -61,6 +61,8 @@ pub struct Settings {
     pub parquet_file_age: Option<&'static str>,
     /// Where the Parquet sink writes; `None` = `lake/` in the temp dir.
     pub lake_path: Option<PathBuf>,
+    /// More sinks, as YAML at the indentation of a sink name (six spaces).
+    pub extra_sinks: String,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             max_in_flight_bytes: "256MiB",
             parquet_file_age: None,
             lake_path: None,
+            extra_sinks: String::new(),
         }
     }
 }
@@ -114,6 +117,7 @@ pipelines:
         type: debug
         path: "{out}"
         format: {format}{parquet}
+{extra}
 shutdown_timeout: 20s
 "#,
         body = s.max_body_size,
@@ -122,6 +126,7 @@ shutdown_timeout: 20s
         out = out.display(),
         format = s.format,
         experiment = s.default_experiment,
+        extra = s.extra_sinks,
         idle = s.idle_timeout,
         max_age = s.max_trace_age,
         in_flight = s.max_in_flight_bytes,
@@ -143,6 +148,11 @@ impl Collector {
     }
 
     pub async fn start_with(settings: Settings) -> Self {
+        Self::try_start_with(settings).await.unwrap()
+    }
+
+    /// Starts, or says why the collector would not start.
+    pub async fn try_start_with(settings: Settings) -> Result<Self, String> {
         let dir = tempfile::tempdir().unwrap();
         let out = settings
             .sink_path
@@ -155,9 +165,9 @@ impl Collector {
         let config = Config::parse(&pipeline_yaml(&settings, &out, &lake), "test.yaml").unwrap();
         let running = topology::start(&config, Arc::new(Metrics::new()))
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
         let a = &running.addresses;
-        Self {
+        Ok(Self {
             grpc: a.grpc["otlp"],
             http: a.http["otlp"],
             admin: a.admin.unwrap(),
@@ -165,7 +175,7 @@ impl Collector {
             out,
             lake,
             _dir: dir,
-        }
+        })
     }
 
     pub fn http_url(&self) -> String {

@@ -2,6 +2,7 @@
 
 mod assembly;
 mod bad_input;
+mod broker;
 mod captures;
 mod cli;
 mod distributed;
@@ -9,6 +10,7 @@ mod exporters;
 mod golden;
 mod harness;
 mod http_extras;
+mod kafka;
 mod mlflow_oracle;
 mod mlflow_output;
 mod overload;

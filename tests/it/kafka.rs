@@ -1,0 +1,233 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu), fed by real OTLP clients.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prost::Message as _;
+use serde_json::Value;
+use traceloom::otlp::ExportTraceServiceRequest;
+use traceloom::testkit::{self, kv};
+
+use crate::broker::{Broker, Record, consume, free_port, kafka_sink};
+use crate::harness::{Collector, Settings, metric, wait_for};
+use crate::mlflow_oracle::python;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn collector(broker: &str, topic: &str, more: &str) -> Collector {
+    Collector::start_with(Settings {
+        extra_sinks: kafka_sink(broker, topic, more),
+        ..Settings::default()
+    })
+    .await
+}
+
+/// Waits until the Kafka sink reports `traces` revisions acknowledged.
+async fn delivered(c: &Collector, traces: usize) {
+    let series = "traceloom_sink_written_traces_total{sink=\"kafka\"}";
+    let mut text = String::new();
+    for _ in 0..(WAIT.as_millis() / 100) {
+        text = c.metrics().await;
+        if metric(&text, series).unwrap_or(0.0) >= traces as f64 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{traces} traces were not delivered to Kafka within {WAIT:?}:\n{text}");
+}
+
+/// Records `n` traces with the OpenTelemetry SDK over OTLP/gRPC: a client root with two server
+/// children each, exported span by span (children first, root last).
+fn record_traces(c: &Collector, n: usize) -> BTreeSet<String> {
+    let exporter = SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(c.grpc_url())
+        .build()
+        .unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(Resource::builder().with_service_name("kafka-it").build())
+        .build();
+    let tracer = provider.tracer("traceloom-it");
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        tracer.in_span(format!("client-root-{i}"), |cx: Context| {
+            ids.insert(cx.span().span_context().trace_id().to_string());
+            for child in ["server-handler", "server-llm"] {
+                tracer.in_span(child, |cx: Context| {
+                    cx.span()
+                        .set_attribute(KeyValue::new("gen_ai.request.model", "gpt-4o-mini"));
+                });
+            }
+        });
+    }
+    provider.shutdown().unwrap();
+    ids
+}
+
+/// An OTLP/HTTP protobuf body with `spans` from `service`.
+fn body(service: &str, spans: Vec<traceloom::otlp::Span>) -> Vec<u8> {
+    ExportTraceServiceRequest {
+        resource_spans: vec![testkit::resource_spans(service, spans)],
+    }
+    .encode_to_vec()
+}
+
+fn mlflow_id(hex: &str) -> String {
+    format!("tr-{hex}")
+}
+
+/// Runs MLflow's `Trace.from_dict` → `to_dict` round trip over the values.
+fn assert_mlflow_loads(records: &[Record]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("values.jsonl");
+    let mut lines = String::new();
+    for r in records {
+        lines.push_str(std::str::from_utf8(&r.value).unwrap());
+        lines.push('\n');
+    }
+    std::fs::write(&path, lines).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/roundtrip.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "MLflow cannot load the Kafka values:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_traces_reach_the_topic_keyed_by_trace_id_and_load_in_mlflow() {
+    let broker = Broker::start();
+    let c = collector(&broker.address(), "mlflow-traces", "").await;
+    let sent = tokio::task::block_in_place(|| record_traces(&c, 12));
+    delivered(&c, 12).await;
+    let records = consume(&broker.address(), "mlflow-traces", 12, WAIT);
+    assert_eq!(records.len(), 12);
+
+    let keys: BTreeSet<_> = records.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, sent.iter().map(|h| mlflow_id(h)).collect());
+    for r in &records {
+        assert_eq!(r.header("trace_id"), r.key);
+        assert_eq!(r.header("content-type"), "application/json");
+        assert_eq!(r.header("encoding"), "mlflow-json");
+        assert_eq!(r.header("revision"), "1");
+        assert_eq!(r.header("span_count"), "3");
+        assert_eq!(r.header("experiment_id"), "0");
+        let trace: Value = serde_json::from_slice(&r.value).unwrap();
+        assert_eq!(trace["info"]["trace_id"], r.key.as_str());
+        assert_eq!(trace["data"]["spans"].as_array().unwrap().len(), 3);
+    }
+    let partitions: BTreeSet<_> = records.iter().map(|r| r.partition).collect();
+    assert!(partitions.len() > 1, "12 keys over 3 partitions: {partitions:?}");
+    assert_mlflow_loads(&records);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_of_a_trace_land_in_one_partition_in_order() {
+    let broker = Broker::start();
+    let c = collector(&broker.address(), "revisions", "").await;
+    let trace = [0x42; 16];
+    let first = vec![
+        testkit::span(trace, [1; 8], &[], "client-root"),
+        testkit::span(trace, [2; 8], &[1; 8], "server-handler"),
+    ];
+    assert!(c.post_protobuf(body("svc", first)).await.status().is_success());
+    delivered(&c, 1).await;
+    for (n, id) in [(2, 3u8), (3, 4u8)] {
+        let late = vec![testkit::span(trace, [id; 8], &[1; 8], "late-llm")];
+        assert!(c.post_protobuf(body("svc", late)).await.status().is_success());
+        delivered(&c, n).await;
+    }
+    let records = consume(&broker.address(), "revisions", 3, WAIT);
+    let revisions: Vec<_> = records.iter().map(|r| r.header("revision")).collect();
+    assert_eq!(revisions, ["1", "2", "3"], "one partition, offsets in revision order");
+    assert!(records.iter().all(|r| r.partition == records[0].partition));
+    let spans: Vec<_> = records.iter().map(|r| r.header("span_count")).collect();
+    assert_eq!(spans, ["2", "3", "4"], "each revision holds every span so far");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_proto_values_decode_to_the_original_spans() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest as Upstream;
+    let broker = Broker::start();
+    let c = collector(&broker.address(), "otlp", "encoding: otlp-proto").await;
+    let trace = [0x17; 16];
+    let mut root = testkit::span(trace, [1; 8], &[], "client-root");
+    root.attributes = vec![kv("user.id", "ü-42")];
+    let server = testkit::span(trace, [2; 8], &[1; 8], "server-handler");
+    assert!(c.post_protobuf(body("server", vec![server])).await.status().is_success());
+    assert!(c.post_protobuf(body("client", vec![root])).await.status().is_success());
+    delivered(&c, 1).await;
+    let records = consume(&broker.address(), "otlp", 1, WAIT);
+    let r = &records[0];
+    assert_eq!(r.header("content-type"), "application/x-protobuf");
+    assert_eq!(r.header("encoding"), "otlp-proto");
+    let request = Upstream::decode(&r.value[..]).unwrap();
+    let mut got = BTreeMap::new();
+    for rs in &request.resource_spans {
+        let service = rs.resource.as_ref().unwrap().attributes[0].value.clone().unwrap();
+        for span in rs.scope_spans.iter().flat_map(|ss| &ss.spans) {
+            assert_eq!(span.trace_id, trace);
+            got.insert(span.span_id.clone(), (span.name.clone(), format!("{service:?}")));
+        }
+    }
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[&vec![1; 8]].0, "client-root");
+    assert!(got[&vec![1; 8]].1.contains("client"));
+    assert_eq!(got[&vec![2; 8]].0, "server-handler");
+    assert!(got[&vec![2; 8]].1.contains("server"));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_trace_arrives_in_parts_that_reassemble() {
+    let broker = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mlflow_out = dir.path().join("mlflow.jsonl");
+    let c = Collector::start_with(Settings {
+        extra_sinks: kafka_sink(&broker.address(), "big", "max_message_size: 16KiB"),
+        sink_path: Some(mlflow_out.clone()),
+        format: "mlflow",
+        ..Settings::default()
+    })
+    .await;
+    let trace = [0x99; 16];
+    let mut root = testkit::span(trace, [1; 8], &[], "client-root");
+    let prompt: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    root.attributes = vec![kv("mlflow.spanInputs", &format!("\"{prompt}ü\""))];
+    assert!(c.post_protobuf(body("svc", vec![root])).await.status().is_success());
+    delivered(&c, 1).await;
+    let records = consume(&broker.address(), "big", 100, Duration::from_secs(5));
+    let parts: usize = records[0].header("parts").parse().unwrap();
+    assert!(parts >= 2, "{parts} parts");
+    assert_eq!(records.len(), parts);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.header("part"), (i + 1).to_string());
+        assert_eq!(r.key, records[0].key);
+        assert_eq!(r.partition, records[0].partition);
+        assert!(r.value.len() < 16 * 1024);
+    }
+    let joined: Vec<u8> = records.iter().flat_map(|r| r.value.clone()).collect();
+    let joined: Value = serde_json::from_slice(&joined).unwrap();
+    let metrics = c.metrics().await;
+    let expected = crate::harness::read_lines(&mlflow_out).remove(0);
+    assert_eq!(joined, expected, "the parts join to the MLflow trace the debug sink wrote");
+    assert_eq!(
+        metric(&metrics, "traceloom_kafka_split_traces_total{sink=\"kafka\"}"),
+        Some(1.0)
+    );
+    c.stop().await;
+}
