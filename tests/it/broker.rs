@@ -91,7 +91,13 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new(tansu())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))

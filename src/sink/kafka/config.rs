@@ -250,6 +250,9 @@ impl KafkaConfig {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
+            // Topics are created by `create_topic`, with its partitions and configs, never as a
+            // side effect of a metadata request on a broker that allows auto-creation.
+            .set("allow.auto.create.topics", "false")
             .set("compression.type", self.compression.as_str())
             .set("linger.ms", ms(&self.linger))
             .set("message.max.bytes", self.max_message_size.0.to_string())

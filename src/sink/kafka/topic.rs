@@ -53,10 +53,6 @@ pub async fn prepare(
     topic: &str,
     create: Option<&CreateTopic>,
 ) -> Result<TopicFacts, TopicError> {
-    let mut config = config.clone();
-    // A metadata request must not create the topic as a side effect on brokers that allow it:
-    // creation is `create_topic`'s job, with its partitions and configs.
-    config.set("allow.auto.create.topics", "false");
     let admin: Arc<AdminClient<DefaultClientContext>> =
         Arc::new(config.create().map_err(TopicError::Unreachable)?);
     if !exists(&admin, topic).await? {
