@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Ask a running traceloom whether it is healthy: exit 0 when its admin server's `/health`
+    /// answers 200, 1 otherwise. For container health checks.
+    Health {
+        /// The admin server's address.
+        #[arg(long, default_value = "127.0.0.1:8888")]
+        admin: String,
+    },
     /// Check a pipeline file and exit: 0 when valid, 1 with every problem as
     /// `file:line:column: field: why` otherwise.
     Validate {
@@ -61,6 +68,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Health { admin } => {
+            match traceloom::telemetry::admin::probe(&admin, std::time::Duration::from_secs(2)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("traceloom: unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             if let Err(e) = logging::init(cli.log_format, &cli.log_level) {
                 eprintln!("traceloom: {e:#}");

@@ -66,3 +66,40 @@ async fn health_check(State(state): State<Arc<AdminState>>) -> impl IntoResponse
         (StatusCode::OK, "{\"status\":\"ok\"}")
     }
 }
+
+/// Asks the admin server at `address` (`host:port`) for `/health`, without an HTTP client
+/// library: what `traceloom health` runs as a container health check.
+///
+/// # Errors
+///
+/// Why the server is not healthy: unreachable, or its status line.
+pub fn probe(address: &str, timeout: std::time::Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("{address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address}: no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("{address}: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{address}: {e}"))?;
+    let mut response = Vec::new();
+    stream
+        .take(4096)
+        .read_to_end(&mut response)
+        .map_err(|e| format!("{address}: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(format!("{address}/health answered `{status}`"))
+    }
+}

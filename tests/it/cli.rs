@@ -41,7 +41,7 @@ const BROKEN: &[(&str, &str)] = &[
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s:\n        type: kafak\n",
-        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard, parquet",
+        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard, kafka, parquet",
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s: {type: debug, pth: x}\n",
@@ -137,4 +137,44 @@ fn help_documents_commands_and_options() {
         run_help.contains("--config") && run_help.contains("embedded default"),
         "{run_help}"
     );
+}
+
+#[test]
+fn validate_names_an_unset_environment_variable_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.yaml");
+    std::fs::write(
+        &path,
+        "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      k: {type: kafka, brokers: \"${TRACELOOM_TEST_UNSET_BROKERS}\", topic: t}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = traceloom(&["validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "{}:5:34: environment variable TRACELOOM_TEST_UNSET_BROKERS is not set (give a default with ${{TRACELOOM_TEST_UNSET_BROKERS:-value}})",
+            path.display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn health_answers_for_a_running_collector_and_fails_without_one() {
+    let c = crate::harness::Collector::start().await;
+    let admin = c.admin.to_string();
+    let (code, _, stderr) =
+        tokio::task::spawn_blocking(move || traceloom(&["health", "--admin", &admin]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    c.stop().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let (code, _, stderr) = traceloom(&["health", "--admin", &closed]);
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("traceloom: unhealthy: "), "{stderr}");
 }
