@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use traceloom::assemble::ReleaseReason;
 use traceloom::model::AssembledTrace;
-use traceloom::receive::validate::split_by_trace;
 use traceloom::sink::parquet::file::{Codec, FileSettings, OpenFile, properties};
 use traceloom::sink::parquet::rows::Rows;
 use traceloom::testkit;
@@ -21,18 +19,9 @@ const TRACES: usize = 256;
 const SPANS_PER_TRACE: usize = 8;
 
 fn traces() -> Vec<Arc<AssembledTrace>> {
-    let request = testkit::request(1, TRACES, SPANS_PER_TRACE, 1000);
-    split_by_trace(request.resource_spans, Vec::new())
-        .traces
+    testkit::genai_traces(TRACES, SPANS_PER_TRACE, 1000)
         .into_iter()
-        .map(|t| {
-            Arc::new(testkit::assembled(
-                t.trace_id,
-                t.to_resource_spans(),
-                1,
-                ReleaseReason::Complete,
-            ))
-        })
+        .map(Arc::new)
         .collect()
 }
 

@@ -185,3 +185,25 @@ pub fn assembled(
         &crate::telemetry::metrics::Metrics::new(),
     )
 }
+
+/// `count` assembled GenAI traces of `spans_per_trace` spans with about `attr_bytes` of
+/// attributes per span, as the benchmarks feed sinks.
+pub fn genai_traces(
+    count: usize,
+    spans_per_trace: usize,
+    attr_bytes: usize,
+) -> Vec<crate::model::AssembledTrace> {
+    let request = request(1, count, spans_per_trace, attr_bytes);
+    crate::receive::validate::split_by_trace(request.resource_spans, Vec::new())
+        .traces
+        .into_iter()
+        .map(|t| {
+            assembled(
+                t.trace_id,
+                t.to_resource_spans(),
+                1,
+                crate::assemble::ReleaseReason::Complete,
+            )
+        })
+        .collect()
+}
