@@ -16,7 +16,11 @@ fn kafka(c: &mut Criterion) {
     let traces = testkit::genai_traces(TRACES, SPANS_PER_TRACE, 1000);
     let mut group = c.benchmark_group("kafka_message");
     group.throughput(Throughput::Elements((TRACES * SPANS_PER_TRACE) as u64));
-    for encoding in [Encoding::MlflowJson, Encoding::OtlpProto, Encoding::OtlpJson] {
+    for encoding in [
+        Encoding::MlflowJson,
+        Encoding::OtlpProto,
+        Encoding::OtlpJson,
+    ] {
         let bytes: usize = traces
             .iter()
             .map(|t| Message::new(t, encoding, 1_000_000).value_len())
