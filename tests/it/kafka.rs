@@ -434,7 +434,9 @@ async fn refused_traces_go_to_the_dead_letter_file() {
     tokio::task::block_in_place(|| broker.restart());
     let (bodies, ids) = batches(4, 2);
     assert_eq!(post_with_retries(c.http_url(), bodies).await, 0);
-    let lines = wait_for("dead-letter lines", WAIT, || {
+    // Two delivery timeouts and a topic check (at most every 5 s) before the first refusal;
+    // generous, since the whole suite shares two cores.
+    let lines = wait_for("dead-letter lines", Duration::from_secs(90), || {
         let lines = crate::harness::read_lines(&dead);
         (lines.len() >= ids.len()).then_some(lines)
     })
