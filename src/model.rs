@@ -136,6 +136,23 @@ pub struct SpanGroup {
     pub spans: Vec<Span>,
 }
 
+/// `groups` in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape of the
+/// Collector's Kafka exporter with `partition_traces_by_id`).
+pub fn resource_spans(groups: &[SpanGroup]) -> Vec<ResourceSpans> {
+    groups
+        .iter()
+        .map(|g| ResourceSpans {
+            resource: g.origin.resource.clone(),
+            scope_spans: vec![ScopeSpans {
+                scope: g.origin.scope.clone(),
+                spans: g.spans.clone(),
+                schema_url: g.origin.scope_schema_url.clone(),
+            }],
+            schema_url: g.origin.resource_schema_url.clone(),
+        })
+        .collect()
+}
+
 /// The valid spans of one trace from one request, grouped by origin.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceSpans {
@@ -151,21 +168,9 @@ impl TraceSpans {
         self.groups.iter().map(|g| g.spans.len()).sum()
     }
 
-    /// The spans in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape
-    /// of the Collector's Kafka exporter with `partition_traces_by_id`).
+    /// The spans in OTLP shape, see [`resource_spans`].
     pub fn to_resource_spans(&self) -> Vec<ResourceSpans> {
-        self.groups
-            .iter()
-            .map(|g| ResourceSpans {
-                resource: g.origin.resource.clone(),
-                scope_spans: vec![ScopeSpans {
-                    scope: g.origin.scope.clone(),
-                    spans: g.spans.clone(),
-                    schema_url: g.origin.scope_schema_url.clone(),
-                }],
-                schema_url: g.origin.resource_schema_url.clone(),
-            })
-            .collect()
+        resource_spans(&self.groups)
     }
 }
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, SinkError, SinkInput};
-use crate::model::{AssembledTrace, TraceSpans};
+use crate::model::{AssembledTrace, resource_spans};
 use crate::receive::json::JsonResourceSpans;
 use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;
@@ -101,11 +101,7 @@ pub fn render(trace: &AssembledTrace, format: DebugFormat) -> String {
         DebugFormat::Mlflow => serde_json::to_string(&trace.trace),
         DebugFormat::Otlp => {
             let r = &trace.release;
-            let spans = TraceSpans {
-                trace_id: r.trace_id,
-                groups: trace.groups.clone(),
-            }
-            .to_resource_spans();
+            let spans = resource_spans(&trace.groups);
             serde_json::to_string(&OtlpLine {
                 trace_id: r.trace_id.to_string(),
                 revision: r.revision,

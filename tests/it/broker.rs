@@ -192,10 +192,14 @@ pub fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> V
     records
 }
 
-/// The YAML of a `kafka` sink named `kafka` for [`crate::harness::Settings::extra_sinks`].
+/// `create_topic` settings for [`kafka_sink`]'s `more`.
+pub const CREATE: &str = "create_topic:\n  partitions: 3";
+
+/// The YAML of a `kafka` sink named `kafka` for [`crate::harness::Settings::extra_sinks`], with
+/// a 2 s delivery timeout and the settings in `more` (YAML at the sink's indentation).
 pub fn kafka_sink(brokers: &str, topic: &str, more: &str) -> String {
     let mut yaml = format!(
-        "      kafka:\n        type: kafka\n        brokers: \"{brokers}\"\n        topic: {topic}\n        delivery_timeout: 2s\n        create_topic:\n          partitions: 3\n"
+        "      kafka:\n        type: kafka\n        brokers: \"{brokers}\"\n        topic: {topic}\n        delivery_timeout: 2s\n"
     );
     for line in more.lines().filter(|l| !l.trim().is_empty()) {
         yaml.push_str("        ");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{Collector, Settings, wait_for};
-use crate::mlflow_oracle::python;
+use crate::mlflow_oracle::{python, run_script};
 use crate::parquet::lake_check;
 
 async fn run_example(protocol: &'static str) {
@@ -89,16 +89,10 @@ async fn run_example(protocol: &'static str) {
     // MLflow loads what traceloom assembled.
     let path = workdir.path().join("trace.jsonl");
     std::fs::write(&path, format!("{trace}\n")).unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/roundtrip.py");
-    let check = Command::new(python())
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stdout)
+    run_script(
+        "roundtrip.py",
+        &path,
+        "MLflow cannot load the assembled trace",
     );
     // The same trace lands in the lake: one trace row, two span rows (published at shutdown).
     c.stop().await;

@@ -13,15 +13,15 @@ use serde_json::Value;
 use traceloom::otlp::ExportTraceServiceRequest;
 use traceloom::testkit::{self, kv};
 
-use crate::broker::{Broker, Record, consume, free_port, kafka_sink};
+use crate::broker::{Broker, CREATE, Record, consume, free_port, kafka_sink};
 use crate::harness::{Collector, Settings, metric, wait_for};
-use crate::mlflow_oracle::python;
+use crate::mlflow_oracle::run_script;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn collector(broker: &str, topic: &str, more: &str) -> Collector {
     Collector::start_with(Settings {
-        extra_sinks: kafka_sink(broker, topic, more),
+        extra_sinks: kafka_sink(broker, topic, &format!("{CREATE}\n{more}")),
         ..Settings::default()
     })
     .await
@@ -92,18 +92,7 @@ fn assert_mlflow_loads(records: &[Record]) {
         lines.push('\n');
     }
     std::fs::write(&path, lines).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/roundtrip.py");
-    let out = std::process::Command::new(python())
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "MLflow cannot load the Kafka values:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script("roundtrip.py", &path, "MLflow cannot load the Kafka values");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +224,11 @@ async fn an_oversized_trace_arrives_in_parts_that_reassemble() {
     let dir = tempfile::tempdir().unwrap();
     let mlflow_out = dir.path().join("mlflow.jsonl");
     let c = Collector::start_with(Settings {
-        extra_sinks: kafka_sink(&broker.address(), "big", "max_message_size: 16KiB"),
+        extra_sinks: kafka_sink(
+            &broker.address(),
+            "big",
+            &format!("{CREATE}\nmax_message_size: 16KiB"),
+        ),
         sink_path: Some(mlflow_out.clone()),
         format: "mlflow",
         ..Settings::default()
@@ -337,7 +330,7 @@ async fn a_broker_that_starts_late_gets_everything_while_receivers_push_back() {
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let c = Collector::start_with(Settings {
-        extra_sinks: kafka_sink(&address, "late", ""),
+        extra_sinks: kafka_sink(&address, "late", CREATE),
         queue_bytes: "256KiB",
         max_in_flight_bytes: "512KiB",
         ..Settings::default()
@@ -410,16 +403,9 @@ async fn refused_traces_go_to_the_dead_letter_file() {
     // The topic exists at start; no `create_topic`, so when it is gone traceloom may not
     // bring it back and must dead-letter instead.
     let yaml = |create: bool| {
-        format!(
-            "      kafka:\n        type: kafka\n        brokers: \"{}\"\n        topic: gone\n        delivery_timeout: 2s\n        dead_letter:\n          path: \"{}\"\n{}",
-            broker.address(),
-            dead.display(),
-            if create {
-                "        create_topic: {}\n"
-            } else {
-                ""
-            }
-        )
+        let create = if create { CREATE } else { "" };
+        let more = format!("dead_letter:\n  path: \"{}\"\n{create}", dead.display());
+        kafka_sink(&broker.address(), "gone", &more)
     };
     let setup = Collector::start_with(Settings {
         extra_sinks: yaml(true),
@@ -499,10 +485,7 @@ async fn bad_kafka_settings_are_named_at_start() {
         "{e}"
     );
 
-    let missing = format!(
-        "      kafka:\n        type: kafka\n        brokers: \"{}\"\n        topic: absent\n",
-        broker.address()
-    );
+    let missing = kafka_sink(&broker.address(), "absent", "");
     let e = start(missing).await;
     assert!(
         e.contains("topic `absent` does not exist") && e.contains("create_topic"),

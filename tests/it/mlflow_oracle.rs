@@ -278,7 +278,7 @@ fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
 
 /// Runs `tests/python/<script> <arg>` in the MLflow venv; fails with `what` and its output unless
 /// it exits 0. Returns its stdout.
-fn run_script(script: &str, arg: &std::path::Path, what: &str) -> String {
+pub fn run_script(script: &str, arg: &std::path::Path, what: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);

@@ -18,22 +18,11 @@ use traceloom::testkit::{self, resource_spans, span};
 use traceloom::topology::queue::bounded;
 
 use crate::harness::{Collector, Settings, metric, wait_for};
-use crate::mlflow_oracle::python;
+use crate::mlflow_oracle::run_script;
 
 /// Reads `lake` with DuckDB, pyarrow and MLflow (`tests/python/lake_check.py`).
 pub fn lake_check(lake: &Path) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/lake_check.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(lake)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lake_check failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_str(&run_script("lake_check.py", lake, "lake_check failed")).unwrap()
 }
 
 /// Every `*.parquet` file under `dir`, relative path → contents.

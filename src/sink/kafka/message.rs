@@ -11,7 +11,7 @@ use bytes::Bytes;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AssembledTrace, TraceSpans};
+use crate::model::{AssembledTrace, resource_spans};
 use crate::otlp::ExportTraceServiceRequest;
 use crate::receive::json::JsonResourceSpans;
 
@@ -124,21 +124,14 @@ impl Message {
 
 /// The value of `trace` in `encoding`.
 pub fn value(trace: &AssembledTrace, encoding: Encoding) -> Vec<u8> {
-    let resource_spans = || {
-        TraceSpans {
-            trace_id: trace.release.trace_id,
-            groups: trace.groups.clone(),
-        }
-        .to_resource_spans()
-    };
     match encoding {
         Encoding::MlflowJson => serde_json::to_vec(&trace.trace),
         Encoding::OtlpProto => Ok(ExportTraceServiceRequest {
-            resource_spans: resource_spans(),
+            resource_spans: resource_spans(&trace.groups),
         }
         .encode_to_vec()),
         Encoding::OtlpJson => serde_json::to_vec(&OtlpJsonRequest {
-            resource_spans: JsonResourceSpans(&resource_spans()),
+            resource_spans: JsonResourceSpans(&resource_spans(&trace.groups)),
         }),
     }
     .expect("traces serialize: every map key is a string")

@@ -346,14 +346,10 @@ impl KafkaSink {
         let Some(out) = self.in_flight.get(tag.id) else {
             return;
         };
-        let (topic, reason) = match &out.destination {
-            Destination::Topic => (&self.topic_name, None),
-            Destination::DeadLetter(reason) => (
-                self.dead_letter_topic
-                    .as_ref()
-                    .expect("dead-letter destinations exist only with a dead-letter topic"),
-                Some(reason),
-            ),
+        let topic = self.topic_for(&out.destination);
+        let reason = match &out.destination {
+            Destination::Topic => None,
+            Destination::DeadLetter(reason) => Some(reason),
         };
         let mut headers = OwnedHeaders::new_with_capacity(10);
         for (key, value) in out
@@ -372,6 +368,17 @@ impl KafkaSink {
             .headers(headers);
         if let Err(e) = self.producer.send(record).map_err(|(e, _)| e) {
             self.failed(tag, &e);
+        }
+    }
+
+    /// The topic a destination names.
+    fn topic_for(&self, destination: &Destination) -> &str {
+        match destination {
+            Destination::Topic => &self.topic_name,
+            Destination::DeadLetter(_) => self
+                .dead_letter_topic
+                .as_deref()
+                .expect("dead-letter destinations exist only with a dead-letter topic"),
         }
     }
 
@@ -464,10 +471,7 @@ impl KafkaSink {
         let Some(out) = self.in_flight.remove(id) else {
             return;
         };
-        let topic = match &out.destination {
-            Destination::Topic => &self.topic_name,
-            Destination::DeadLetter(_) => self.dead_letter_topic.as_ref().expect("set"),
-        };
+        let topic = self.topic_for(&out.destination).to_string();
         let now = Instant::now();
         if self
             .last_refusal
@@ -490,7 +494,7 @@ impl KafkaSink {
                         .insert(out.message, out.spans, Destination::DeadLetter(reason));
                 self.send_all(id, parts);
             }
-            _ => self.to_file.push((out.message, topic.clone(), reason)),
+            _ => self.to_file.push((out.message, topic, reason)),
         }
     }
 

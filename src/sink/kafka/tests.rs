@@ -128,34 +128,26 @@ fn otlp_values_hold_every_span_with_its_resource() {
 
 #[test]
 fn failures_are_classified_by_what_retrying_can_fix() {
-    let produce = |code| KafkaError::MessageProduction(code);
-    assert_eq!(
-        Failure::of(&produce(C::MessageTimedOut)),
-        Failure::Transient("timeout")
-    );
-    assert_eq!(
-        Failure::of(&produce(C::AllBrokersDown)),
-        Failure::Transient("transport")
-    );
-    assert_eq!(
-        Failure::of(&produce(C::NotLeaderForPartition)),
-        Failure::Transient("other")
-    );
-    assert_eq!(
-        Failure::of(&produce(C::MessageSizeTooLarge)),
-        Failure::Permanent("too_large")
-    );
-    assert_eq!(
-        Failure::of(&produce(C::UnknownTopicOrPartition)),
-        Failure::Permanent("unknown_topic")
-    );
-    assert_eq!(
-        Failure::of(&produce(C::TopicAuthorizationFailed)),
-        Failure::Permanent("authorization")
-    );
-    assert_eq!(Failure::of(&produce(C::Fatal)), Failure::Fatal);
-    assert_eq!(Failure::of(&produce(C::ProducerFenced)), Failure::Fatal);
-    assert_eq!(Failure::of(&produce(C::UnknownProducerId)), Failure::Fatal);
+    for (code, expected) in [
+        (C::MessageTimedOut, Failure::Transient("timeout")),
+        (C::AllBrokersDown, Failure::Transient("transport")),
+        (C::NotLeaderForPartition, Failure::Transient("other")),
+        (C::MessageSizeTooLarge, Failure::Permanent("too_large")),
+        (
+            C::UnknownTopicOrPartition,
+            Failure::Permanent("unknown_topic"),
+        ),
+        (
+            C::TopicAuthorizationFailed,
+            Failure::Permanent("authorization"),
+        ),
+        (C::Fatal, Failure::Fatal),
+        (C::ProducerFenced, Failure::Fatal),
+        (C::UnknownProducerId, Failure::Fatal),
+    ] {
+        let error = KafkaError::MessageProduction(code);
+        assert_eq!(Failure::of(&error), expected, "{code:?}");
+    }
 }
 
 fn message(parts: usize, bytes_each: usize) -> Arc<Message> {
