@@ -70,13 +70,20 @@ fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
     (batches, encoded)
 }
 
+/// Log positions of request `i`'s records, as the ingest log would number them.
+fn positions(i: usize) -> Vec<u64> {
+    (0..TRACES as u64)
+        .map(|t| (i * TRACES) as u64 + t)
+        .collect()
+}
+
 fn memory_per_span(batches: &[Arc<SpanBatch>], encoded: usize) {
     let before = ALLOCATED.load(Ordering::Relaxed);
     let mut a = Assembler::new(AssembleConfig::default());
     let mut out = Vec::new();
     let now = Instant::now();
-    for b in batches {
-        a.ingest(b, now, &mut out);
+    for (i, b) in batches.iter().enumerate() {
+        a.ingest(b, &positions(i), now, &mut out);
     }
     let held = ALLOCATED.load(Ordering::Relaxed) - before;
     println!(
@@ -101,8 +108,8 @@ fn assemble(c: &mut Criterion) {
             |mut a| {
                 let now = Instant::now();
                 let mut out = Vec::new();
-                for batch in &batches {
-                    a.ingest(batch, now, &mut out);
+                for (i, batch) in batches.iter().enumerate() {
+                    a.ingest(batch, &positions(i), now, &mut out);
                 }
                 a.release_due(now + Duration::from_secs(10), &mut out);
                 assert_eq!(out.len(), REQUESTS * TRACES);

@@ -3,13 +3,15 @@
 //!
 //! ```text
 //!  OTLP/gRPC :4317 ─┐
-//!  OTLP/HTTP :4318 ─┴─► receive ──► pipeline queue ──► fan-out ──┬─► sink queue ─► sink
-//!  (proto | json,       decode,     (bytes-bounded)              └─► sink queue ─► sink
-//!   gzip|zstd|deflate)  validate,
-//!                       split by trace id
+//!  OTLP/HTTP :4318 ─┴─► receive ──► ingest log ──► assemble ──► normalize ──┬─► sink queue ─► sink
+//!  (proto | json,       decode,     durable;       group by     OTLP spans  └─► sink queue ─► sink
+//!   gzip|zstd|deflate)  validate,   ack after      trace id     → MLflow
+//!                       split by    append
+//!                       trace id
 //! ```
 //!
-//! The modules follow the data flow: [`receive`] (OTLP/gRPC and OTLP/HTTP), [`topology`]
+//! The modules follow the data flow: [`receive`] (OTLP/gRPC and OTLP/HTTP), [`log`] (the ingest
+//! log, replay and commits), [`assemble`] (traces from spans), [`mlflow`] (MLflow traces), [`topology`]
 //! (wiring, bounded queues, shutdown), [`sink`] (outputs), plus [`config`] (the pipeline file),
 //! [`telemetry`] (metrics, logs, admin server), [`model`] (the types stages share), [`otlp`] (the
 //! OTLP messages, with zero-copy string fields) and [`server`] (the bound HTTP server shape).
@@ -18,6 +20,7 @@
 
 pub mod assemble;
 pub mod config;
+pub mod log;
 pub mod mlflow;
 pub mod model;
 pub mod otlp;

@@ -198,6 +198,9 @@ pub struct AssembledTrace {
     pub trace: crate::mlflow::Trace,
     /// Approximate size in memory, charged to sink queues.
     pub bytes: usize,
+    /// The position of the revision's release decision in the ingest log's journal: its
+    /// identity in sink manifests and on replay.
+    pub position: u64,
 }
 
 #[cfg(test)]

@@ -178,6 +178,7 @@ pub fn assembled(
         reason,
         groups,
         experiment: None,
+        first_position: 0,
     };
     crate::topology::pipeline::normalize(
         release,
@@ -206,4 +207,24 @@ pub fn genai_traces(
             )
         })
         .collect()
+}
+
+/// [`request`] as the receiver hands it on: validated and split by trace.
+pub fn batch(
+    seed: u64,
+    traces: usize,
+    spans_per_trace: usize,
+    attr_bytes: usize,
+) -> crate::model::SpanBatch {
+    let request = request(seed, traces, spans_per_trace, attr_bytes);
+    crate::model::SpanBatch {
+        meta: crate::model::ReceiveMeta {
+            receiver: "otlp".into(),
+            protocol: crate::model::Protocol::Grpc,
+            received_at: std::time::SystemTime::now(),
+            experiment_id: None,
+        },
+        encoded_bytes: request.encoded_len(),
+        traces: crate::receive::validate::split_by_trace(request.resource_spans, Vec::new()).traces,
+    }
 }

@@ -28,6 +28,8 @@ pub enum ReleaseReason {
     Memory,
     /// traceloom was shutting down.
     Shutdown,
+    /// The ingest log neared `max_log_bytes`; the traces holding its oldest records went first.
+    LogSpace,
 }
 
 impl ReleaseReason {
@@ -39,6 +41,7 @@ impl ReleaseReason {
             Self::Size => "size",
             Self::Memory => "memory",
             Self::Shutdown => "shutdown",
+            Self::LogSpace => "log_space",
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Release {
     pub groups: Vec<EncodedGroup>,
     /// The first `x-mlflow-experiment-id` that came with the trace's spans.
     pub experiment: Option<Arc<str>>,
+    /// Log position of the first record of the trace held: replay from there rebuilds it.
+    pub first_position: u64,
 }
 
 impl Release {
@@ -133,8 +138,10 @@ struct TraceState {
     experiment: Option<Arc<str>>,
     /// The deadline this trace has in the heap.
     scheduled: Instant,
-    /// Key in the age order.
+    /// When the trace started being held.
     first_seen: Instant,
+    /// Log position of its first record held; key in the age order.
+    first_position: u64,
 }
 
 /// Per-span bookkeeping beyond the encoded size (map entry, blob header, origin pointer).
@@ -145,12 +152,15 @@ pub struct Assembler {
     config: AssembleConfig,
     traces: HashMap<TraceId, TraceState>,
     deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
-    by_age: BTreeSet<(Instant, TraceId)>,
+    /// Held traces by the position of their first record, which is also the order of age.
+    by_age: BTreeSet<(u64, TraceId)>,
     /// Released traces with nothing new since, oldest release first: forgotten first under
     /// memory pressure, without scanning the open ones.
     released: BTreeSet<(Instant, TraceId)>,
     bytes: usize,
     counts: Counts,
+    /// Traces forgotten since the last [`take_forgotten`](Self::take_forgotten), in order.
+    forgotten: Vec<TraceId>,
 }
 
 impl Assembler {
@@ -164,6 +174,7 @@ impl Assembler {
             released: BTreeSet::new(),
             bytes: 0,
             counts: Counts::default(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -184,7 +195,20 @@ impl Assembler {
 
     /// When the oldest held trace started, if any.
     pub fn oldest(&self) -> Option<Instant> {
-        self.by_age.first().map(|(t, _)| *t)
+        self.by_age
+            .first()
+            .map(|(_, id)| self.traces[id].first_seen)
+    }
+
+    /// The log position of the oldest record held, if any: replay must start there.
+    pub fn first_position(&self) -> Option<u64> {
+        self.by_age.first().map(|(p, _)| *p)
+    }
+
+    /// The traces forgotten since the last call, in order: the decision journal records them so
+    /// that replay forgets them at the same point.
+    pub fn take_forgotten(&mut self) -> Vec<TraceId> {
+        std::mem::take(&mut self.forgotten)
     }
 
     /// The next moment [`release_due`](Self::release_due) has something to do.
@@ -192,12 +216,36 @@ impl Assembler {
         self.deadlines.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Takes a batch in; releases traces that reached their size bound, and the oldest traces if
-    /// held bytes exceed the memory bound.
-    pub fn ingest(&mut self, batch: &SpanBatch, now: Instant, out: &mut Vec<Release>) {
+    /// Takes a batch in (`positions`: the log position of each trace's record); releases traces
+    /// that reached their size bound, and the oldest traces if held bytes exceed the memory bound.
+    pub fn ingest(
+        &mut self,
+        batch: &SpanBatch,
+        positions: &[u64],
+        now: Instant,
+        out: &mut Vec<Release>,
+    ) {
+        self.take_in(batch, positions, now, Some(out));
+        self.relieve_memory(now, out);
+    }
+
+    /// Takes a batch in without releasing anything: replay, where the decision journal says
+    /// what was released and when.
+    pub fn ingest_held(&mut self, batch: &SpanBatch, positions: &[u64], now: Instant) {
+        self.take_in(batch, positions, now, None);
+    }
+
+    fn take_in(
+        &mut self,
+        batch: &SpanBatch,
+        positions: &[u64],
+        now: Instant,
+        mut out: Option<&mut Vec<Release>>,
+    ) {
+        debug_assert_eq!(positions.len(), batch.traces.len());
         // Private copies of the request's origins, shared by every trace of the batch.
         let mut origins: HashMap<*const Origin, Arc<Origin>> = HashMap::new();
-        for trace in &batch.traces {
+        for (trace, &position) in batch.traces.iter().zip(positions) {
             let experiment = batch.meta.experiment_id.clone();
             for group in &trace.groups {
                 let origin = origins
@@ -205,7 +253,7 @@ impl Assembler {
                     .or_insert_with(|| Arc::new(detach(&group.origin)));
                 for span in &group.spans {
                     self.add(
-                        trace.trace_id,
+                        (trace.trace_id, position),
                         &Arc::clone(origin),
                         span,
                         experiment.clone(),
@@ -213,6 +261,9 @@ impl Assembler {
                     );
                 }
             }
+            let Some(out) = out.as_deref_mut() else {
+                continue;
+            };
             let state = &self.traces[&trace.trace_id];
             if state.dirty
                 && (state.spans.len() >= self.config.max_spans_per_trace
@@ -221,12 +272,11 @@ impl Assembler {
                 out.push(self.release(trace.trace_id, ReleaseReason::Size, now));
             }
         }
-        self.relieve_memory(now, out);
     }
 
     fn add(
         &mut self,
-        trace_id: TraceId,
+        (trace_id, position): (TraceId, u64),
         origin: &Arc<Origin>,
         span: &Span,
         experiment: Option<Arc<str>>,
@@ -234,7 +284,7 @@ impl Assembler {
     ) {
         let span_id = SpanId::from_slice(&span.span_id).expect("spans are validated at receive");
         let state = self.traces.entry(trace_id).or_insert_with(|| {
-            self.by_age.insert((now, trace_id));
+            self.by_age.insert((position, trace_id));
             TraceState {
                 spans: IndexMap::new(),
                 bytes: 0,
@@ -247,6 +297,7 @@ impl Assembler {
                 experiment: None,
                 scheduled: now + self.config.max_trace_age.0,
                 first_seen: now,
+                first_position: position,
             }
         });
         let blob = Bytes::from(span.encode_to_vec());
@@ -372,16 +423,59 @@ impl Assembler {
             reason,
             groups,
             experiment: state.experiment.clone(),
+            first_position: state.first_position,
         }
+    }
+
+    /// Replay: releases `trace_id` as revision `revision`, as the journal says it was.
+    /// `None` when the trace is not held (its records were before the replay start).
+    pub fn release_as(
+        &mut self,
+        trace_id: TraceId,
+        revision: u32,
+        reason: ReleaseReason,
+        now: Instant,
+    ) -> Option<Release> {
+        let state = self.traces.get_mut(&trace_id)?;
+        if !state.dirty {
+            // Nothing unreleased: replay started after some of its spans, and the revision was
+            // taken by every sink; mark it released all the same.
+            self.released.remove(&(state.released_at?, trace_id));
+        }
+        state.revisions = revision - 1;
+        state.dirty = true;
+        Some(self.release(trace_id, reason, now))
+    }
+
+    /// Replay: forgets `trace_id`, as the journal says it was (and so not reported again by
+    /// [`take_forgotten`](Self::take_forgotten)).
+    pub fn forget_as(&mut self, trace_id: TraceId) {
+        self.forget(trace_id);
+        self.forgotten.retain(|t| *t != trace_id);
     }
 
     fn forget(&mut self, trace_id: TraceId) {
         if let Some(state) = self.traces.remove(&trace_id) {
+            self.forgotten.push(trace_id);
             self.bytes -= state.bytes;
-            self.by_age.remove(&(state.first_seen, trace_id));
+            self.by_age.remove(&(state.first_position, trace_id));
             if let (Some(at), false) = (state.released_at, state.dirty) {
                 self.released.remove(&(at, trace_id));
             }
+        }
+    }
+
+    /// Releases (flagged `log_space`) and forgets every trace whose first record is before
+    /// `position`, so that the ingest log can delete its oldest segments.
+    pub fn release_before(&mut self, position: u64, now: Instant, out: &mut Vec<Release>) {
+        while let Some(&(first, trace_id)) = self.by_age.first() {
+            if first >= position {
+                break;
+            }
+            if self.traces[&trace_id].dirty {
+                out.push(self.release(trace_id, ReleaseReason::LogSpace, now));
+            }
+            self.forget(trace_id);
         }
     }
 

@@ -63,9 +63,18 @@ fn run(a: &mut Assembler, at: Instant) -> Vec<Release> {
     out
 }
 
+/// Log positions in arrival order, as the ingest log gives them.
+fn positions(b: &SpanBatch) -> Vec<u64> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    b.traces
+        .iter()
+        .map(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        .collect()
+}
+
 fn ingest(a: &mut Assembler, b: &SpanBatch, at: Instant) -> Vec<Release> {
     let mut out = Vec::new();
-    a.ingest(b, at, &mut out);
+    a.ingest(b, &positions(b), at, &mut out);
     out
 }
 

@@ -108,9 +108,12 @@ impl Default for AdminConfig {
 pub struct PipelineConfig {
     /// Names of receivers (in `receivers:`) whose spans this pipeline takes.
     pub receivers: Vec<Spanned<String>>,
-    /// The pipeline's input queue.
+    /// The pipeline's input queues (before and after the ingest log).
     #[serde(default)]
     pub queue: QueueConfig,
+    /// The ingest log: where accepted spans are made durable before clients are answered.
+    #[serde(default)]
+    pub log: crate::log::LogConfig,
     /// When traces are complete enough to release.
     #[serde(default)]
     pub assemble: crate::assemble::AssembleConfig,
@@ -309,6 +312,17 @@ impl PipelineConfig {
                     ),
                 });
             }
+        }
+        if self.sinks.len() > crate::log::commit::MAX_SINKS {
+            problems.push(Problem {
+                position: None,
+                path: format!("pipelines.{name}.sinks"),
+                message: format!(
+                    "{} sinks; a pipeline may have at most {}",
+                    self.sinks.len(),
+                    crate::log::commit::MAX_SINKS
+                ),
+            });
         }
         if self.sinks.is_empty() {
             problems.push(Problem {

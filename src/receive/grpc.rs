@@ -173,11 +173,10 @@ impl UnaryService<Sized> for ExportMethod {
                     size,
                 )
                 .await;
-            let answer = result.map(Response::new).map_err(|e| match e {
-                SubmitError::Overloaded { .. } | SubmitError::ShuttingDown => {
-                    Status::unavailable(e.to_string())
-                }
-            });
+            // Every submit error is temporary: UNAVAILABLE is the code OTLP clients retry.
+            let answer = result
+                .map(Response::new)
+                .map_err(|e: SubmitError| Status::unavailable(e.to_string()));
             let code = match &answer {
                 Ok(_) => "OK".to_string(),
                 Err(status) => format!("{:?}", status.code()),

@@ -286,6 +286,7 @@ async fn handle(
             let mut refusal = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             refusal.retry_after = Some(match e {
                 SubmitError::Overloaded { retry_after } => retry_after.as_secs().max(1),
+                SubmitError::Log(_) => 1,
                 SubmitError::ShuttingDown => 5,
             });
             refusal

@@ -33,8 +33,8 @@ use validate::Rejection;
 /// The header MLflow's own `/v1/traces` endpoint reads to choose the experiment.
 pub const EXPERIMENT_HEADER: &str = "x-mlflow-experiment-id";
 
-/// Why a batch was not taken. Both are temporary: the client should retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a batch was not taken. All are temporary: the client should retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SubmitError {
     /// A pipeline had no room within the admission wait.
     #[error("pipeline is full, retry after {}s", retry_after.as_secs())]
@@ -45,6 +45,9 @@ pub enum SubmitError {
     /// traceloom is shutting down.
     #[error("traceloom is shutting down, retry against another instance or later")]
     ShuttingDown,
+    /// The ingest log could not take the batch (full, or a write failed).
+    #[error("{0}; retry later")]
+    Log(#[from] crate::log::writer::AppendError),
 }
 
 /// A boxed future, as `Ingest` is used behind `dyn`.
@@ -127,7 +130,7 @@ impl Exporter {
             };
             if let Err(e) = self.ingest.submit(batch).await {
                 let reason = match e {
-                    SubmitError::Overloaded { .. } => RefuseReason::Overload,
+                    SubmitError::Overloaded { .. } | SubmitError::Log(_) => RefuseReason::Overload,
                     SubmitError::ShuttingDown => RefuseReason::Shutdown,
                 };
                 self.metrics.refused(reason, accepted);

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BuildError, SinkError, SinkInput};
+use crate::log::SinkCommits;
 use crate::model::{AssembledTrace, resource_spans};
 use crate::receive::json::JsonResourceSpans;
 use crate::telemetry::metrics::SinkMetrics;
@@ -127,7 +128,11 @@ impl DebugSink {
     /// # Errors
     ///
     /// [`SinkError::Write`] when the output cannot be opened or written.
-    pub async fn run(self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+    pub async fn run(
+        self,
+        mut input: QueueRx<SinkInput>,
+        commits: SinkCommits,
+    ) -> Result<(), SinkError> {
         let target_name = self
             .target
             .as_ref()
@@ -147,13 +152,32 @@ impl DebugSink {
                     .map_err(write_err)?,
             ),
         };
-        while let Some(trace) = input.recv().await {
-            let mut line = render(&trace, self.format);
-            line.push('\n');
-            out.write_all(line.as_bytes()).await.map_err(write_err)?;
+        while let Some(first) = input.recv().await {
+            // Everything waiting goes in one write and one manifest entry.
+            let mut traces = vec![first];
+            while traces.len() < 1024
+                && let Some(more) = input.try_recv()
+            {
+                traces.push(more);
+            }
+            let mut text = String::new();
+            for trace in &traces {
+                text.push_str(&render(trace, self.format));
+                text.push('\n');
+            }
+            out.write_all(text.as_bytes()).await.map_err(write_err)?;
             out.flush().await.map_err(write_err)?;
-            self.metrics.traces.inc();
-            self.metrics.spans.inc_by(trace.release.span_count() as u64);
+            for trace in &traces {
+                self.metrics.traces.inc();
+                self.metrics.spans.inc_by(trace.release.span_count() as u64);
+            }
+            commits
+                .commit(traces.iter().map(|t| t.position).collect())
+                .await
+                .map_err(|source| SinkError::Write {
+                    target: "the sink manifest".into(),
+                    source,
+                })?;
         }
         out.shutdown().await.map_err(write_err)
     }

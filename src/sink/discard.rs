@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use super::{SinkError, SinkInput};
+use crate::log::SinkCommits;
 use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;
 
@@ -28,8 +29,13 @@ impl DiscardSink {
     /// # Errors
     ///
     /// Never fails; the signature matches the other sinks.
-    pub async fn run(self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+    pub async fn run(
+        self,
+        mut input: QueueRx<SinkInput>,
+        commits: SinkCommits,
+    ) -> Result<(), SinkError> {
         while let Some(trace) = input.recv().await {
+            commits.durable(&[trace.position]);
             self.metrics.traces.inc();
             self.metrics.spans.inc_by(trace.release.span_count() as u64);
         }

@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::config::tagged::{self, Tagged};
 
+use crate::log::SinkCommits;
 use crate::model::AssembledTrace;
 use crate::telemetry::metrics::Metrics;
 use crate::topology::queue::QueueRx;
@@ -125,17 +126,28 @@ impl SinkConfig {
 }
 
 impl Sink {
-    /// Consumes `input` until it closes, then flushes.
+    /// Consumes `input` until it closes, then flushes. What becomes durable is reported to
+    /// `commits`, so the ingest log can let go of it.
     ///
     /// # Errors
     ///
     /// [`SinkError`] when output fails.
-    pub async fn run(self, input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+    pub async fn run(
+        self,
+        input: QueueRx<SinkInput>,
+        commits: SinkCommits,
+    ) -> Result<(), SinkError> {
         match self {
-            Sink::Debug(s) => s.run(input).await,
-            Sink::Discard(s) => s.run(input).await,
-            Sink::Parquet(s) => s.run(input).await,
-            Sink::Kafka(s) => s.run(input).await,
+            Sink::Debug(s) => s.run(input, commits).await,
+            Sink::Discard(s) => s.run(input, commits).await,
+            Sink::Parquet(s) => s.run(input, commits).await,
+            Sink::Kafka(s) => s.run(input, commits).await,
         }
+    }
+
+    /// Whether replay must know what this sink holds (a manifest), so that it never writes a
+    /// revision twice. A sink that keeps nothing does not need one.
+    pub fn keeps_manifest(&self) -> bool {
+        !matches!(self, Sink::Discard(_))
     }
 }

@@ -2,19 +2,22 @@
 //! down in order.
 //!
 //! ```text
-//! receiver ─► Router ─► pipeline queue ─► pipeline task ─┬─► sink queue ─► sink task
-//!   (shared     (per receiver:   (bytes-bounded)  (fan-out)      └─► sink queue ─► sink task
-//!    by name)    its pipelines)
+//! receiver ─► Router ─► log queue ─► log writer ─► pipeline queue ─► pipeline task ─┬─► sink queue ─► sink
+//!   (shared    (per receiver:        (append, fsync,                  (assemble,     └─► sink queue ─► sink
+//!    by name)   its pipelines)        answer)                          journal, fan-out)
 //! ```
 //!
 //! Back-pressure: every queue is bounded in bytes. A full sink queue blocks the fan-out, which
-//! stops reading the pipeline queue, which fills; receivers then wait at most the pipeline's
-//! `admission_timeout` and answer with the retryable OTLP code.
+//! stops reading the pipeline queue, which fills; the log writer waits, its queue fills, and
+//! receivers wait at most the pipeline's `admission_timeout` and answer with the retryable OTLP
+//! code. A client is answered OK only once its spans are in the ingest log.
 //!
 //! Shutdown is data-driven: (1) receivers stop accepting and finish in-flight requests; (2) the
-//! router drops its queue senders, so each pipeline drains its queue and closes its sink queues;
-//! (3) sinks write what they hold, flush and return; (4) the admin server stops last. Anything
-//! still running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero.
+//! router drops its queue senders, so each log writer drains and syncs, each pipeline drains and
+//! closes its sink queues; (3) sinks write what they hold, flush and return; (4) the replay
+//! checkpoint moves past what every sink holds; (5) the admin server stops last. Anything still
+//! running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero; the ingest
+//! log replays it at the next start.
 
 pub mod pipeline;
 pub mod queue;
@@ -24,11 +27,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, ReceiverConfig};
+use crate::log::writer::{Append, LogSpace, Writer};
+use crate::log::{SinkCommits, Tracker};
 use crate::model::{Protocol, SpanBatch};
 use crate::receive::{BoxFuture, Exporter, Ingest, SubmitError};
 use crate::sink;
@@ -53,6 +59,15 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// A pipeline's ingest log could not be opened.
+    #[error("pipelines.{pipeline}.log: {source}")]
+    Log {
+        /// The pipeline.
+        pipeline: String,
+        /// Why.
+        #[source]
+        source: crate::log::LogError,
+    },
     /// A sink could not be built.
     #[error("pipelines.{pipeline}.sinks.{sink}: {source}")]
     Sink {
@@ -66,9 +81,9 @@ pub enum StartError {
     },
 }
 
-/// One pipeline's input as the router sees it.
+/// One pipeline's input as the router sees it: its log writer.
 struct Route {
-    tx: QueueTx<Arc<SpanBatch>>,
+    tx: QueueTx<Append>,
     admission_timeout: Duration,
 }
 
@@ -104,20 +119,36 @@ impl Ingest for Router {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             let size = batch.encoded_bytes;
+            // Encoded once, here on the receiver's task, for every pipeline's log.
+            let records = Arc::new(crate::log::record::encode(&batch));
             let batch = Arc::new(batch);
+            let mut appended = Vec::with_capacity(targets.len());
             for route in targets {
+                let (done, answer) = oneshot::channel();
+                let append = Append {
+                    batch: Arc::clone(&batch),
+                    records: Arc::clone(&records),
+                    done,
+                };
                 match route
                     .tx
-                    .send_timeout(Arc::clone(&batch), size, route.admission_timeout)
+                    .send_timeout(append, size, route.admission_timeout)
                     .await
                 {
-                    Ok(()) => {}
+                    Ok(()) => appended.push(answer),
                     Err(SendError::Full(_)) => {
                         return Err(SubmitError::Overloaded {
                             retry_after: RETRY_AFTER,
                         });
                     }
                     Err(SendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
+                }
+            }
+            for answer in appended {
+                match answer.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(SubmitError::Log(e)),
+                    Err(_) => return Err(SubmitError::ShuttingDown),
                 }
             }
             Ok(())
@@ -150,6 +181,7 @@ pub struct Running {
     receivers: JoinSet<TaskResult>,
     pipelines: JoinSet<TaskResult>,
     admin: JoinSet<TaskResult>,
+    trackers: Vec<Arc<Tracker>>,
     shutdown_timeout: Duration,
 }
 
@@ -162,10 +194,22 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
     let failed = CancellationToken::new();
     let mut pipelines = JoinSet::new();
     let mut routes = Routes::new();
+    let mut trackers = Vec::new();
     for (name, pipeline) in &config.pipelines {
+        let log_metrics = metrics.log(name);
+        let sink_names: Vec<&str> = pipeline.sinks.keys().map(String::as_str).collect();
+        let dir = pipeline.log.dir_for(name);
+        let log =
+            crate::log::open(&dir, &pipeline.log, &sink_names, &log_metrics).map_err(|source| {
+                StartError::Log {
+                    pipeline: name.clone(),
+                    source,
+                }
+            })?;
+        trackers.push(Arc::clone(&log.tracker));
+        let mut manifests = log.manifests.into_iter();
         let mut sink_txs = Vec::new();
-
-        for (sink_name, sink_config) in &pipeline.sinks {
+        for (index, (sink_name, sink_config)) in pipeline.sinks.iter().enumerate() {
             let sink = sink_config
                 .build(sink_name, &metrics)
                 .await
@@ -174,6 +218,8 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
                     sink: sink_name.clone(),
                     source,
                 })?;
+            let manifest = manifests.next().filter(|_| sink.keeps_manifest());
+            let commits = SinkCommits::new(index, Arc::clone(&log.tracker), manifest);
             let label = format!("sink.{name}.{sink_name}");
             let (tx, rx) = queue::bounded(
                 pipeline.queue.max_bytes.as_usize(),
@@ -184,23 +230,55 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
                 &mut pipelines,
                 &failed,
                 label.clone(),
-                async move { sink.run(rx).await.map_err(|e| e.to_string()) }.instrument(span),
+                async move { sink.run(rx, commits).await.map_err(|e| e.to_string()) }
+                    .instrument(span),
             );
             sink_txs.push((sink_name.clone(), tx));
         }
+        let queue_bytes = pipeline.queue.max_bytes.as_usize();
+        let log_label = format!("log.{name}");
+        let (append_tx, append_rx) =
+            queue::bounded(queue_bytes, metrics.queue(&log_label, queue_bytes));
         let label = format!("pipeline.{name}");
-        let (tx, rx) = queue::bounded(
-            pipeline.queue.max_bytes.as_usize(),
-            metrics.queue(&label, pipeline.queue.max_bytes.as_usize()),
+        let (logged_tx, logged_rx) =
+            queue::bounded(queue_bytes, metrics.queue(&label, queue_bytes));
+        let (floor_tx, floor_rx) = watch::channel(log.replay.from);
+        let space = Arc::new(LogSpace::default());
+        let writer = Writer {
+            log: Some(log.records),
+            input: append_rx,
+            output: logged_tx,
+            fsync: pipeline.log.fsync,
+            max_bytes: pipeline.log.max_log_bytes.0,
+            floor: floor_rx,
+            space: Arc::clone(&space),
+            metrics: log_metrics.clone(),
+        };
+        let span = info_span!("log", pipeline = %name);
+        spawn_tracked(
+            &mut pipelines,
+            &failed,
+            log_label,
+            writer.run().instrument(span),
         );
         let span = info_span!("pipeline", pipeline = %name);
         let task = pipeline::Pipeline {
-            input: rx,
+            input: logged_rx,
             sinks: sink_txs,
             assemble: pipeline.assemble.clone(),
             mlflow: pipeline.mlflow.clone(),
             metrics: Arc::clone(&metrics),
             assembler_metrics: metrics.assembler(name),
+            log: pipeline::PipelineLog {
+                journal: Some(log.journal),
+                fsync: pipeline.log.fsync,
+                tracker: log.tracker,
+                floor: floor_tx,
+                replay: Some(log.replay),
+                space,
+                max_bytes: pipeline.log.max_log_bytes.0,
+                metrics: log_metrics,
+            },
         };
         spawn_tracked(&mut pipelines, &failed, label, task.run().instrument(span));
         for receiver in &pipeline.receivers {
@@ -208,7 +286,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
                 .entry(receiver.value.clone())
                 .or_default()
                 .push(Route {
-                    tx: tx.clone(),
+                    tx: append_tx.clone(),
                     admission_timeout: pipeline.queue.admission_timeout.0,
                 });
         }
@@ -294,6 +372,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
         receivers,
         pipelines,
         admin,
+        trackers,
         shutdown_timeout: config.shutdown_timeout.0,
     })
 }
@@ -346,6 +425,11 @@ impl Running {
         problems.extend(join_until(&mut self.receivers, deadline).await);
         self.router.close();
         problems.extend(join_until(&mut self.pipelines, deadline).await);
+        for tracker in &self.trackers {
+            if let Err(e) = tracker.checkpoint() {
+                problems.push(format!("cannot write the ingest log checkpoint: {e}"));
+            }
+        }
         self.stop_admin.cancel();
         problems.extend(join_until(&mut self.admin, deadline + Duration::from_secs(1)).await);
         if problems.is_empty() {

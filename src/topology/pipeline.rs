@@ -1,21 +1,30 @@
-//! One pipeline's task: takes batches from the pipeline queue, assembles traces, turns each
-//! released revision into an MLflow trace, and hands it to every sink's queue.
+//! One pipeline's task: replays the ingest log, then takes logged batches, assembles traces,
+//! journals every release and forget, turns each released revision into an MLflow trace, and
+//! hands it to every sink's queue.
 //!
 //! Waiting on a full sink queue is the back-pressure: while the task waits it does not read its
-//! input, the pipeline queue fills, and receivers answer with the retryable codes. When the input
-//! closes (shutdown), every trace still held is released, flagged, before the task returns.
+//! input, the log writer's output fills, and receivers answer with the retryable codes. When the
+//! input closes (shutdown), every trace still held is released, flagged, before the task returns.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use super::queue::{QueueRx, QueueTx};
 use super::sleep_until;
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
+use crate::log::journal::{self, Decision, Kind};
+use crate::log::segment::SegmentLog;
+use crate::log::writer::{LogSpace, Logged};
+use crate::log::{Fsync, Replay, SinkMask, Tracker, record};
 use crate::mlflow;
-use crate::model::{AssembledTrace, SpanBatch};
+use crate::model::AssembledTrace;
 use crate::sink::SinkInput;
-use crate::telemetry::metrics::{AssemblerMetrics, Metrics};
+use crate::telemetry::metrics::{AssemblerMetrics, LogMetrics, Metrics};
 
 /// Metadata key of the revision number on every released trace.
 pub const REVISION_KEY: &str = "traceloom.revision";
@@ -24,10 +33,17 @@ pub const PARTIAL_TAG: &str = "traceloom.partial";
 /// Tag naming why a partial revision was released.
 pub const PARTIAL_REASON_TAG: &str = "traceloom.partial_reason";
 
+/// How often the replay checkpoint moves forward and committed segments are deleted.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Logged batches taken per turn: one journal sync serves all their releases.
+const BATCHES_PER_TURN: usize = 64;
+/// First wait after a failed journal write; doubled per failure up to 10 s.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Everything a pipeline task needs.
 pub struct Pipeline {
-    /// Its input.
-    pub input: QueueRx<Arc<SpanBatch>>,
+    /// Logged batches, in log order.
+    pub input: QueueRx<Logged>,
     /// Each sink's name and queue.
     pub sinks: Vec<(String, QueueTx<SinkInput>)>,
     /// Release policy.
@@ -38,6 +54,28 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Pre-labelled assembler metrics.
     pub assembler_metrics: AssemblerMetrics,
+    /// The pipeline's side of the ingest log.
+    pub log: PipelineLog,
+}
+
+/// The pipeline task's side of the ingest log.
+pub struct PipelineLog {
+    /// The decision journal; `None` only while a write runs on a blocking thread.
+    pub journal: Option<SegmentLog>,
+    /// When journal writes are synced.
+    pub fsync: Fsync,
+    /// Replay floor bookkeeping.
+    pub tracker: Arc<Tracker>,
+    /// Tells the writer which records it may delete.
+    pub floor: watch::Sender<u64>,
+    /// What to replay at start.
+    pub replay: Option<Replay>,
+    /// How full the span-record log is.
+    pub space: Arc<LogSpace>,
+    /// `max_log_bytes`.
+    pub max_bytes: u64,
+    /// Metrics.
+    pub metrics: LogMetrics,
 }
 
 /// Builds the MLflow trace of a released revision.
@@ -71,50 +109,301 @@ pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> 
         groups,
         trace,
         bytes,
+        position: 0,
+    }
+}
+
+/// Decisions of one turn, in the order the assembler took them.
+#[derive(Default)]
+struct Turn {
+    decisions: Vec<Decision>,
+    releases: Vec<Release>,
+}
+
+impl Turn {
+    /// Takes what the assembler released and forgot in its last operation; `upto` is the
+    /// position of the next record it has not seen.
+    fn note(&mut self, assembler: &mut Assembler, released: &mut Vec<Release>, upto: u64) {
+        for r in released.drain(..) {
+            self.decisions.push(Decision {
+                trace_id: r.trace_id,
+                kind: Kind::Release {
+                    revision: r.revision,
+                    reason: r.reason,
+                },
+                upto,
+            });
+            self.releases.push(r);
+        }
+        for trace_id in assembler.take_forgotten() {
+            self.decisions.push(Decision {
+                trace_id,
+                kind: Kind::Forget,
+                upto,
+            });
+        }
     }
 }
 
 impl Pipeline {
-    /// Runs until the input closes and every held trace has been handed to the sinks.
+    fn all_sinks(&self) -> SinkMask {
+        (1u64 << self.sinks.len()) - 1
+    }
+
+    /// Replays the log, then runs until the input closes and every held trace has been handed
+    /// to the sinks.
     ///
     /// # Errors
     ///
-    /// When a sink stopped while the pipeline was running.
+    /// When a sink stopped while the pipeline was running, or the log cannot be read.
     pub async fn run(mut self) -> Result<(), String> {
         let mut assembler = Assembler::new(self.assemble.clone());
+        let mut next = self.replay(&mut assembler).await?;
         let mut released = Vec::new();
+        let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         loop {
+            let mut turn = Turn::default();
             let deadline = assembler.next_deadline();
             tokio::select! {
                 biased;
-                batch = self.input.recv() => match batch {
-                    Some(batch) => assembler.ingest(&batch, Instant::now(), &mut released),
-                    None => break,
-                },
-                () = sleep_until(deadline) => assembler.release_due(Instant::now(), &mut released),
+                logged = self.input.recv() => {
+                    let Some(mut logged) = logged else { break };
+                    for _ in 0..BATCHES_PER_TURN {
+                        next = logged.positions.last().map_or(next, |p| p + 1);
+                        assembler.ingest(&logged.batch, &logged.positions, Instant::now(), &mut released);
+                        self.assembler_metrics.observe(&assembler, &released);
+                        turn.note(&mut assembler, &mut released, next);
+                        let Some(more) = self.input.try_recv() else { break };
+                        logged = more;
+                    }
+                }
+                () = sleep_until(deadline) => {
+                    assembler.release_due(Instant::now(), &mut released);
+                    self.assembler_metrics.observe(&assembler, &released);
+                    turn.note(&mut assembler, &mut released, next);
+                }
+                _ = checkpoint.tick() => self.checkpoint().await,
             }
-            self.assembler_metrics.observe(&assembler, &released);
-            self.deliver(&mut released).await?;
+            self.relieve_log(&mut assembler, &mut released);
+            turn.note(&mut assembler, &mut released, next);
+            self.finish(turn, &assembler, next).await?;
         }
+        let mut turn = Turn::default();
         assembler.drain(Instant::now(), &mut released);
         self.assembler_metrics.observe(&assembler, &released);
-        self.deliver(&mut released).await
+        turn.note(&mut assembler, &mut released, next);
+        self.finish(turn, &assembler, next).await?;
+        self.checkpoint().await;
+        Ok(())
     }
 
-    async fn deliver(&self, released: &mut Vec<Release>) -> Result<(), String> {
-        for release in released.drain(..) {
-            let assembled = Arc::new(normalize(release, &self.mlflow, &self.metrics));
-            for (name, tx) in &self.sinks {
-                // Waiting here when a sink queue is full is the back-pressure.
-                if tx
-                    .send(Arc::clone(&assembled), assembled.bytes)
-                    .await
-                    .is_err()
-                {
-                    return Err(format!(
-                        "sink {name} stopped while the pipeline was running"
-                    ));
+    /// Journals the turn's decisions, registers its revisions with the tracker, and hands them
+    /// to the sinks.
+    async fn finish(&mut self, turn: Turn, assembler: &Assembler, next: u64) -> Result<(), String> {
+        let floor = assembler.first_position().unwrap_or(next).min(next);
+        if turn.decisions.is_empty() {
+            self.log.tracker.hold(floor, &[]);
+            return Ok(());
+        }
+        let positions = self.journal(turn.decisions.clone()).await;
+        let release_positions = turn
+            .decisions
+            .iter()
+            .zip(positions)
+            .filter(|(d, _)| matches!(d.kind, Kind::Release { .. }))
+            .map(|(_, p)| p);
+        let all = self.all_sinks();
+        let releases: Vec<(Release, u64)> =
+            turn.releases.into_iter().zip(release_positions).collect();
+        let held: Vec<_> = releases
+            .iter()
+            .map(|(r, p)| (*p, r.first_position, all))
+            .collect();
+        self.log.tracker.hold(floor, &held);
+        for (release, position) in releases {
+            self.deliver(release, position, all).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes decisions to the journal, retrying until it works: no revision may reach a sink
+    /// before its decision is durable, and waiting here pushes back to the receivers.
+    async fn journal(&mut self, decisions: Vec<Decision>) -> Vec<u64> {
+        let sync = self.log.fsync != Fsync::Never;
+        let decisions = Arc::new(decisions);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let mut log = self
+                .log
+                .journal
+                .take()
+                .expect("the journal is back after each write");
+            let d = Arc::clone(&decisions);
+            let (log, result) = tokio::task::spawn_blocking(move || {
+                let result = journal::record(&mut log, &d, sync);
+                (log, result)
+            })
+            .await
+            .expect("journal writes do not panic");
+            let dir = log.dir().display().to_string();
+            self.log.journal = Some(log);
+            match result {
+                Ok(positions) => return positions,
+                Err(e) => {
+                    error!(%dir, error = %e, retry_in = ?backoff,
+                        "cannot write the decision journal; holding releases and retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
+            }
+        }
+    }
+
+    async fn deliver(
+        &self,
+        release: Release,
+        position: u64,
+        sinks: SinkMask,
+    ) -> Result<(), String> {
+        let mut assembled = normalize(release, &self.mlflow, &self.metrics);
+        assembled.position = position;
+        let assembled = Arc::new(assembled);
+        for (i, (name, tx)) in self.sinks.iter().enumerate() {
+            if sinks & (1 << i) == 0 {
+                continue;
+            }
+            // Waiting here when a sink queue is full is the back-pressure.
+            if tx
+                .send(Arc::clone(&assembled), assembled.bytes)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "sink {name} stopped while the pipeline was running"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the replay checkpoint to what every sink and the assembler no longer need, then
+    /// lets the writer and the journal delete the segments before it.
+    async fn checkpoint(&mut self) {
+        let tracker = Arc::clone(&self.log.tracker);
+        let written = tokio::task::spawn_blocking(move || tracker.checkpoint())
+            .await
+            .expect("checkpoint writes do not panic");
+        let floor = match written {
+            Ok(floor) => floor,
+            Err(e) => {
+                warn!(error = %e, "cannot write the ingest log checkpoint; will retry");
+                return;
+            }
+        };
+        self.log.floor.send_replace(floor);
+        let journal = self
+            .log
+            .journal
+            .as_mut()
+            .expect("the journal is back after each write");
+        if let Err(e) = journal.remove_below(floor) {
+            warn!(dir = %journal.dir().display(), error = %e, "cannot delete a journal segment");
+        }
+        self.log.tracker.set_manifest_floor(journal.start());
+    }
+
+    /// When the span-record log passes three quarters of `max_log_bytes` and what pins its
+    /// oldest records is the assembler (not a sink that is behind), releases the traces holding
+    /// the oldest half early (flagged `log_space`), so the log never fills while sinks keep up.
+    fn relieve_log(&mut self, assembler: &mut Assembler, released: &mut Vec<Release>) {
+        let max = self.log.max_bytes;
+        if self.log.space.bytes.load(Ordering::Relaxed) <= max / 4 * 3 {
+            return;
+        }
+        let target = self
+            .log
+            .space
+            .end
+            .load(Ordering::Relaxed)
+            .saturating_sub(max / 2);
+        if self.log.tracker.pending_floor().is_some_and(|p| p < target) {
+            return; // a sink is behind: releasing early would not free the log
+        }
+        assembler.release_before(target, Instant::now(), released);
+        self.assembler_metrics.observe(assembler, released);
+    }
+
+    /// Rebuilds the assembler from the log and re-sends unfinished revisions to the sinks that
+    /// lack them. Returns the position after the last record.
+    async fn replay(&mut self, assembler: &mut Assembler) -> Result<u64, String> {
+        let Some(mut replay) = self.log.replay.take() else {
+            return Ok(0);
+        };
+        let started = Instant::now();
+        let (mut records, mut spans) = (0u64, 0usize);
+        while let Some(segment) = replay
+            .next_segment()
+            .await
+            .map_err(|e| format!("cannot read the ingest log: {e}"))?
+        {
+            for (position, payload) in segment {
+                let due = replay.due(Some(position));
+                self.apply(assembler, &replay, due).await?;
+                match record::decode(&payload) {
+                    Ok(batch) => {
+                        spans += batch.traces.iter().map(|t| t.span_count()).sum::<usize>();
+                        assembler.ingest_held(&batch, &[position], Instant::now());
+                        records += 1;
+                    }
+                    Err(e) => {
+                        warn!(position, error = %e, "ingest log: skipping an unreadable record")
+                    }
+                }
+            }
+        }
+        let due = replay.due(None);
+        self.apply(assembler, &replay, due).await?;
+        self.log.metrics.replayed.inc_by(records);
+        if records > 0 {
+            let secs = started.elapsed().as_secs_f64();
+            info!(
+                records,
+                spans,
+                held = assembler.traces(),
+                seconds = secs,
+                spans_per_second = (spans as f64 / secs.max(1e-9)) as u64,
+                "ingest log replayed"
+            );
+        }
+        Ok(replay.end)
+    }
+
+    /// Applies replayed decisions; a release goes to the sinks whose manifest lacks it.
+    async fn apply(
+        &mut self,
+        assembler: &mut Assembler,
+        replay: &Replay,
+        due: Vec<(u64, Decision)>,
+    ) -> Result<(), String> {
+        for (position, decision) in due {
+            let (revision, reason) = match decision.kind {
+                Kind::Forget => {
+                    assembler.forget_as(decision.trace_id);
+                    continue;
+                }
+                Kind::Release { revision, reason } => (revision, reason),
+            };
+            let Some(release) =
+                assembler.release_as(decision.trace_id, revision, reason, Instant::now())
+            else {
+                continue;
+            };
+            let missing = replay.missing(position) & self.all_sinks();
+            if missing != 0 {
+                self.log
+                    .tracker
+                    .hold(replay.from, &[(position, release.first_position, missing)]);
+                self.deliver(release, position, missing).await?;
             }
         }
         Ok(())

@@ -112,7 +112,8 @@ fn run_fails_clearly_when_the_port_is_taken() {
     let path = dir.path().join("p.yaml");
     let body = format!(
         "receivers:\n  otlp:\n    type: otlp\n    grpc:\n      endpoint: 127.0.0.1:{port}\nadmin:\n  endpoint: null\n\
-         pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s: {{type: discard}}\n"
+         pipelines:\n  p:\n    receivers: [otlp]\n    log:\n      dir: \"{log}\"\n    sinks:\n      s: {{type: discard}}\n",
+        log = dir.path().join("log").display()
     );
     std::fs::write(&path, body).unwrap();
     let (code, _, stderr) = traceloom(&["run", "--config", path.to_str().unwrap()]);

@@ -63,6 +63,10 @@ pub struct Settings {
     pub lake_path: Option<PathBuf>,
     /// More sinks, as YAML at the indentation of a sink name (six spaces).
     pub extra_sinks: String,
+    /// The ingest log's directory; `None` = `log/` in the temp dir.
+    pub log_dir: Option<PathBuf>,
+    /// The ingest log's fsync policy.
+    pub fsync: &'static str,
 }
 
 impl Default for Settings {
@@ -81,12 +85,14 @@ impl Default for Settings {
             parquet_file_age: None,
             lake_path: None,
             extra_sinks: String::new(),
+            log_dir: None,
+            fsync: "always",
         }
     }
 }
 
 /// The YAML of a one-pipeline collector on ephemeral ports.
-pub fn pipeline_yaml(s: &Settings, out: &Path, lake: &Path) -> String {
+pub fn pipeline_yaml(s: &Settings, out: &Path, lake: &Path, log: &Path) -> String {
     format!(
         r#"
 receivers:
@@ -106,6 +112,9 @@ pipelines:
     queue:
       max_bytes: {queue}
       admission_timeout: {wait}
+    log:
+      dir: "{log}"
+      fsync: {fsync}
     assemble:
       idle_timeout: {idle}
       max_trace_age: {max_age}
@@ -124,6 +133,8 @@ shutdown_timeout: 20s
         queue = s.queue_bytes,
         wait = s.admission_timeout,
         out = out.display(),
+        log = log.display(),
+        fsync = s.fsync,
         format = s.format,
         experiment = s.default_experiment,
         extra = s.extra_sinks,
@@ -162,7 +173,12 @@ impl Collector {
             .lake_path
             .clone()
             .unwrap_or_else(|| dir.path().join("lake"));
-        let config = Config::parse(&pipeline_yaml(&settings, &out, &lake), "test.yaml").unwrap();
+        let log = settings
+            .log_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("log"));
+        let config =
+            Config::parse(&pipeline_yaml(&settings, &out, &lake, &log), "test.yaml").unwrap();
         let running = topology::start(&config, Arc::new(Metrics::new()))
             .await
             .map_err(|e| e.to_string())?;

@@ -175,7 +175,9 @@ async fn write(lake: &Path, traces: &[Arc<AssembledTrace>]) {
         tx.send(Arc::clone(t), t.bytes).await.unwrap();
     }
     drop(tx);
-    sink.run(rx).await.unwrap();
+    sink.run(rx, traceloom::log::SinkCommits::detached())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -358,11 +360,16 @@ async fn sigkill_while_publishing_leaves_only_whole_files() {
         parquet_file_age: Some("500ms"),
         ..Settings::default()
     };
-    let yaml = crate::harness::pipeline_yaml(&settings, &dir.path().join("out.jsonl"), &lake)
-        .replace(
-            "max_file_age: 500ms",
-            "max_file_age: 500ms\n        max_file_size: 4MiB",
-        );
+    let yaml = crate::harness::pipeline_yaml(
+        &settings,
+        &dir.path().join("out.jsonl"),
+        &lake,
+        &dir.path().join("log"),
+    )
+    .replace(
+        "max_file_age: 500ms",
+        "max_file_age: 500ms\n        max_file_size: 4MiB",
+    );
     std::fs::write(&config, yaml).unwrap();
     let (mut leftovers, mut mid_write) = (0, 0);
     for round in 0..4u64 {

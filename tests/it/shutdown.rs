@@ -69,7 +69,12 @@ async fn sigterm_drains_everything_accepted_and_exits_zero() {
     let fifo = dir.path().join("sink.fifo");
     let (go, delivered) = fifo_reader(&fifo);
     let config = dir.path().join("pipeline.yaml");
-    let yaml = pipeline_yaml(&Settings::default(), &fifo, &dir.path().join("lake"));
+    let yaml = pipeline_yaml(
+        &Settings::default(),
+        &fifo,
+        &dir.path().join("lake"),
+        &dir.path().join("log"),
+    );
     std::fs::write(&config, yaml).unwrap();
     let mut p = spawn(&config);
     let client = reqwest::Client::new();

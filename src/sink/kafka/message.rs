@@ -63,6 +63,8 @@ pub struct Message {
     pub headers: Vec<(&'static str, String)>,
     /// The value, in parts of at most the part size (one part when it fits).
     pub parts: Vec<Bytes>,
+    /// The revision's identity in the ingest log, reported once every part is durable.
+    pub position: u64,
 }
 
 #[derive(Serialize)]
@@ -99,6 +101,7 @@ impl Message {
             key: info.trace_id.clone(),
             headers,
             parts: split(Bytes::from(value(trace, encoding)), part_size),
+            position: trace.position,
         }
     }
 

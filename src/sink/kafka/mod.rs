@@ -38,6 +38,7 @@ use self::deliver::{Destination, Failure, InFlight, Report, Reports, Tag};
 use self::message::{Encoding, Message};
 use self::topic::TopicError;
 use super::{BuildError, SinkError, SinkInput};
+use crate::log::SinkCommits;
 use crate::telemetry::metrics::{KafkaMetrics, SinkMetrics};
 use crate::topology::queue::QueueRx;
 use crate::topology::sleep_until;
@@ -85,6 +86,8 @@ pub struct KafkaSink {
     dead_letter_file: DeadLetterFile,
     /// Refused revisions waiting to be written to the dead-letter file: (message, topic, error).
     to_file: Vec<(Arc<Message>, String, String)>,
+    /// Revisions acknowledged or dead-lettered, not yet in the manifest.
+    durable: Vec<u64>,
     last_warning: Option<Instant>,
     last_refusal: Option<Instant>,
     sink_metrics: SinkMetrics,
@@ -142,6 +145,7 @@ impl KafkaConfig {
             dead_letter_topic: self.dead_letter.topic.clone(),
             dead_letter_file,
             to_file: Vec::new(),
+            durable: Vec::new(),
             last_warning: None,
             last_refusal: None,
             sink_metrics,
@@ -213,7 +217,11 @@ impl KafkaSink {
     ///
     /// [`SinkError::Write`] never in practice: a dead-letter file that cannot be written is
     /// retried, since dropping the revision is not an option.
-    pub async fn run(mut self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+    pub async fn run(
+        mut self,
+        mut input: QueueRx<SinkInput>,
+        commits: SinkCommits,
+    ) -> Result<(), SinkError> {
         let mut open = true;
         while open || !self.in_flight.is_empty() {
             self.wait_for_topics().await;
@@ -233,9 +241,24 @@ impl KafkaSink {
                 },
             }
             self.write_dead_letters().await;
+            self.commit(&commits).await;
             self.metrics.in_flight.set(self.in_flight.messages() as i64);
         }
         Ok(())
+    }
+
+    /// Records acknowledged and dead-lettered revisions in the manifest; on failure they are
+    /// kept for the next turn (a crash meanwhile makes replay send them again).
+    async fn commit(&mut self, commits: &SinkCommits) {
+        if self.durable.is_empty() {
+            return;
+        }
+        let durable = std::mem::take(&mut self.durable);
+        if let Err(e) = commits.commit(durable.clone()).await {
+            self.sink_metrics.errors.inc();
+            tracing::error!(sink = %self.name, error = %e, "cannot write the sink manifest; retrying");
+            self.durable = durable;
+        }
     }
 
     /// Sets up the topics when no broker answered at start, retrying until one does. Input
@@ -398,7 +421,8 @@ impl KafkaSink {
     }
 
     /// Every part of a revision is acknowledged: it is durable.
-    fn delivered(&self, out: &deliver::Outgoing) {
+    fn delivered(&mut self, out: &deliver::Outgoing) {
+        self.durable.push(out.message.position);
         let parts = out.message.parts.len() as u64;
         let bytes = out.message.value_len() as u64;
         self.metrics.messages.inc_by(parts);
@@ -533,24 +557,27 @@ impl KafkaSink {
             let mut batch = std::mem::take(&mut self.to_file);
             let total = batch.len();
             let written = tokio::task::spawn_blocking(move || {
+                let mut done = Vec::new();
                 // Written lines leave the batch, so a retry never writes one twice.
                 while let Some((message, topic, error)) = batch.first() {
                     if let Err(e) = file.write(message, topic, error) {
-                        return (batch, Err(e));
+                        return (batch, done, Err(e));
                     }
+                    done.push(message.position);
                     batch.remove(0);
                 }
-                (batch, Ok(()))
+                (batch, done, Ok(()))
             })
             .await;
             // Cancelled only when the runtime shuts down, and then nothing can be written.
-            let Ok((batch, result)) = written else {
+            let Ok((batch, done, result)) = written else {
                 tracing::error!("the runtime stopped while writing the dead-letter file");
                 return;
             };
             self.metrics
                 .dead_lettered
                 .inc_by((total - batch.len()) as u64);
+            self.durable.extend(done);
             if let Err(e) = result {
                 self.sink_metrics.errors.inc();
                 tracing::error!(

@@ -155,6 +155,7 @@ fn message(parts: usize, bytes_each: usize) -> Arc<Message> {
         key: "tr-1".into(),
         headers: Vec::new(),
         parts: vec![Bytes::from(vec![0; bytes_each]); parts],
+        position: 0,
     })
 }
 

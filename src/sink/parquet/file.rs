@@ -106,6 +106,7 @@ pub struct OpenFile {
     name: FileName,
     opened: Instant,
     revisions: Vec<(TraceId, u32)>,
+    positions: Vec<u64>,
     span_rows: usize,
     row_group_bytes: usize,
 }
@@ -122,6 +123,8 @@ pub struct Finished {
     pub spans: Vec<u8>,
     /// The trace revisions it holds, in order.
     pub revisions: Vec<(TraceId, u32)>,
+    /// Their identities in the ingest log.
+    pub positions: Vec<u64>,
     /// Rows in the `spans` file.
     pub span_rows: usize,
 }
@@ -158,6 +161,7 @@ impl OpenFile {
             spans: writer(&SPANS, &settings.spans, settings.file_bytes),
             opened: now,
             revisions: Vec::new(),
+            positions: Vec::new(),
             span_rows: 0,
             row_group_bytes: settings.row_group_bytes,
         }
@@ -180,6 +184,7 @@ impl OpenFile {
             let (id, revision) = (t.release.trace_id, t.release.revision);
             self.name.add(&id, revision);
             self.revisions.push((id, revision));
+            self.positions.push(t.position);
         }
         let (traces, spans) = rows.finish();
         self.span_rows += spans.num_rows();
@@ -210,6 +215,7 @@ impl OpenFile {
             traces: close(self.traces),
             spans: close(self.spans),
             revisions: self.revisions,
+            positions: self.positions,
             span_rows: self.span_rows,
         }
     }

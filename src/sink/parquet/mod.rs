@@ -34,6 +34,7 @@ use self::publish::Dataset;
 use self::rows::Rows;
 use super::{BuildError, SinkError, SinkInput};
 use crate::config::units::{ByteSize, HumanDuration};
+use crate::log::SinkCommits;
 use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;
 use crate::topology::sleep_until;
@@ -148,6 +149,7 @@ impl ParquetConfig {
                 name: name.to_string(),
                 dataset: Arc::new(dataset),
                 metrics,
+                commits: SinkCommits::detached(),
             },
             files: Some(Box::new(Files {
                 settings,
@@ -240,7 +242,12 @@ impl ParquetSink {
     /// # Errors
     ///
     /// Never fails: publish errors are retried until they clear.
-    pub async fn run(mut self, mut input: QueueRx<SinkInput>) -> Result<(), SinkError> {
+    pub async fn run(
+        mut self,
+        mut input: QueueRx<SinkInput>,
+        commits: SinkCommits,
+    ) -> Result<(), SinkError> {
+        self.publisher.commits = commits;
         loop {
             let mut step = Vec::new();
             tokio::select! {
@@ -295,6 +302,7 @@ struct Publisher {
     name: String,
     dataset: Arc<Dataset>,
     metrics: SinkMetrics,
+    commits: SinkCommits,
 }
 
 impl Publisher {
@@ -304,15 +312,26 @@ impl Publisher {
         }
     }
 
-    /// Publishes `file`, retrying with back-off until it succeeds.
+    /// Publishes `file`, retrying with back-off until it succeeds. The manifest entry naming
+    /// the files is written first, so that after a crash replay knows whether they made it.
     async fn publish(&self, file: Finished) {
         let file = Arc::new(file);
         let mut backoff = FIRST_BACKOFF;
         loop {
             let (dataset, f) = (Arc::clone(&self.dataset), Arc::clone(&file));
-            let result = tokio::task::spawn_blocking(move || dataset.publish(&f))
-                .await
-                .expect("publishing does not panic");
+            let commits = self.commits.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                commits
+                    .intend(&f.positions, &dataset.targets(&f))
+                    .map_err(|source| publish::PublishError {
+                        op: "record in the sink manifest",
+                        path: dataset.targets(&f).pop().unwrap_or_default(),
+                        source,
+                    })?;
+                dataset.publish(&f)
+            })
+            .await
+            .expect("publishing does not panic");
             let Err(error) = result else { break };
             self.metrics.errors.inc();
             tracing::error!(sink = %self.name, %error, retry_in = ?backoff,
@@ -320,6 +339,7 @@ impl Publisher {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        self.commits.durable(&file.positions);
         self.metrics.files.inc();
         self.metrics.bytes.inc_by(file.size() as u64);
         self.metrics.traces.inc_by(file.revisions.len() as u64);

@@ -68,6 +68,14 @@ impl Dataset {
         ))
     }
 
+    /// Where the files of `file` will be, in publication order.
+    pub fn targets(&self, file: &Finished) -> Vec<PathBuf> {
+        TABLES
+            .iter()
+            .map(|table| self.root.join(table).join(&file.partition).join(&file.name))
+            .collect()
+    }
+
     /// Publishes both files of `file`; on error nothing partial is visible and the call can be
     /// repeated.
     ///
@@ -139,6 +147,7 @@ mod tests {
             traces: b"traces".to_vec(),
             spans: b"spans".to_vec(),
             revisions: Vec::new(),
+            positions: Vec::new(),
             span_rows: 0,
         }
     }
