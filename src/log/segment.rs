@@ -322,6 +322,9 @@ fn frame_at(data: &[u8]) -> Option<&[u8]> {
 }
 
 fn damage_reason(rest: &[u8]) -> &'static str {
+    if rest.len() < FRAME_HEADER as usize {
+        return "partial frame header (torn write)";
+    }
     match rest
         .get(..4)
         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
