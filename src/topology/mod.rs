@@ -124,6 +124,7 @@ impl Ingest for Router {
             let batch = Arc::new(batch);
             let mut appended = Vec::with_capacity(targets.len());
             for route in targets {
+                let deadline = tokio::time::Instant::now() + route.admission_timeout;
                 let (done, answer) = oneshot::channel();
                 let append = Append {
                     batch: Arc::clone(&batch),
@@ -135,7 +136,7 @@ impl Ingest for Router {
                     .send_timeout(append, size, route.admission_timeout)
                     .await
                 {
-                    Ok(()) => appended.push(answer),
+                    Ok(()) => appended.push((deadline, answer)),
                     Err(SendError::Full(_)) => {
                         return Err(SubmitError::Overloaded {
                             retry_after: RETRY_AFTER,
@@ -144,11 +145,18 @@ impl Ingest for Router {
                     Err(SendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
                 }
             }
-            for answer in appended {
-                match answer.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(SubmitError::Log(e)),
-                    Err(_) => return Err(SubmitError::ShuttingDown),
+            // The wait for the log is bounded too: a writer held up by a full pipeline queue
+            // skips requests whose client stopped waiting (their answer channel is closed).
+            for (deadline, answer) in appended {
+                match tokio::time::timeout_at(deadline, answer).await {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => return Err(SubmitError::Log(e)),
+                    Ok(Err(_)) => return Err(SubmitError::ShuttingDown),
+                    Err(_) => {
+                        return Err(SubmitError::Overloaded {
+                            retry_after: RETRY_AFTER,
+                        });
+                    }
                 }
             }
             Ok(())

@@ -5,6 +5,7 @@ mod bad_input;
 mod broker;
 mod captures;
 mod cli;
+mod crash;
 mod distributed;
 mod exporters;
 mod golden;
