@@ -142,8 +142,10 @@ async fn send_all(
         });
     }
     futures_util::future::join_all(workers).await;
-    let failed = failed.lock().unwrap().clone();
-    failed
+    Arc::try_unwrap(failed)
+        .expect("the workers are done")
+        .into_inner()
+        .unwrap()
 }
 
 fn config(dir: &Path, grpc: u16, brokers: &str) -> String {
