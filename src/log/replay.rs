@@ -46,8 +46,8 @@ impl Replay {
         }
     }
 
-    /// The next segment's records at or after `from`, read on a blocking thread; `None` at the
-    /// end.
+    /// The next segment's records from `from` to `end`, read on a blocking thread; `None` at the
+    /// end. Records the writer appends meanwhile (after `end`) reach the assembler the live way.
     ///
     /// # Errors
     ///
@@ -56,8 +56,8 @@ impl Replay {
         let Some(base) = self.bases.pop_front() else {
             return Ok(None);
         };
-        let (dir, from) = (self.records_dir.clone(), self.from);
-        tokio::task::spawn_blocking(move || segment::read_segment(&dir, base, from))
+        let (dir, from, end) = (self.records_dir.clone(), self.from, self.end);
+        tokio::task::spawn_blocking(move || segment::read_segment(&dir, base, from..end))
             .await
             .expect("reading a segment does not panic")
             .map(Some)

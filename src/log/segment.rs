@@ -257,17 +257,21 @@ impl SegmentLog {
     }
 }
 
-/// Reads the valid frames of one segment file starting at `from` (a position inside it or
-/// before it), without changing anything.
+/// Reads the valid frames of one segment file whose positions are in `range`, without changing
+/// anything.
 ///
 /// # Errors
 ///
 /// When the file cannot be read.
-pub fn read_segment(dir: &Path, base: u64, from: u64) -> io::Result<Vec<(u64, Vec<u8>)>> {
+pub fn read_segment(
+    dir: &Path,
+    base: u64,
+    range: std::ops::Range<u64>,
+) -> io::Result<Vec<(u64, Vec<u8>)>> {
     let data = fs::read(segment_path(dir, base))?;
     let mut out = Vec::new();
     scan(base, &data, &mut |position, payload: &[u8]| {
-        if position >= from {
+        if range.contains(&position) {
             out.push((position, payload.to_vec()));
         }
         0

@@ -235,6 +235,7 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
     let grpc = free_port();
     let config_path = dir.path().join("crash.yaml");
     std::fs::write(&config_path, config(dir.path(), grpc, &broker.address())).unwrap();
+    eprintln!("working directory {}", dir.path().display());
     let mut process = Process {
         config: config_path,
         log: dir.path().join("traceloom.log"),
@@ -292,6 +293,8 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
         "reading the lake failed",
     );
     let lake: serde_json::Value = serde_json::from_str(lake.trim()).unwrap();
+    // Kept for a post-mortem if an assertion below fails.
+    let dir = dir.keep();
     assert_eq!(
         lake["duplicate_revisions"], 0,
         "a revision was written twice to Parquet"
