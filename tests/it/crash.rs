@@ -321,4 +321,5 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
         stderr.contains("ingest log replayed"),
         "no replay happened:\n{stderr}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
 }
