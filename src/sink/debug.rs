@@ -171,14 +171,19 @@ impl DebugSink {
                 self.metrics.traces.inc();
                 self.metrics.spans.inc_by(trace.release.span_count() as u64);
             }
-            commits
-                .commit(traces.iter().map(|t| t.position).collect())
-                .await
-                .map_err(|source| SinkError::Write {
-                    target: "the sink manifest".into(),
-                    source,
-                })?;
+            commit(&commits, traces.iter().map(|t| t.position).collect()).await;
         }
         out.shutdown().await.map_err(write_err)
+    }
+}
+
+/// Records `positions` in the manifest, retrying until it works (a full disk clears): what was
+/// written stays written, and the log keeps it for replay meanwhile.
+async fn commit(commits: &SinkCommits, positions: Vec<u64>) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    while let Err(e) = commits.commit(positions.clone()).await {
+        tracing::error!(error = %e, retry_in = ?backoff, "cannot write the debug sink's manifest");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
 }

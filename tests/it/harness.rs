@@ -67,6 +67,10 @@ pub struct Settings {
     pub log_dir: Option<PathBuf>,
     /// The ingest log's fsync policy.
     pub fsync: &'static str,
+    /// The ingest log's `max_log_bytes`.
+    pub log_max_bytes: &'static str,
+    /// The ingest log's `segment_size`.
+    pub log_segment_size: &'static str,
 }
 
 impl Default for Settings {
@@ -87,6 +91,8 @@ impl Default for Settings {
             extra_sinks: String::new(),
             log_dir: None,
             fsync: "always",
+            log_max_bytes: "1GiB",
+            log_segment_size: "64MiB",
         }
     }
 }
@@ -115,6 +121,8 @@ pipelines:
     log:
       dir: "{log}"
       fsync: {fsync}
+      max_log_bytes: {log_max}
+      segment_size: {segment}
     assemble:
       idle_timeout: {idle}
       max_trace_age: {max_age}
@@ -135,6 +143,8 @@ shutdown_timeout: 20s
         out = out.display(),
         log = log.display(),
         fsync = s.fsync,
+        log_max = s.log_max_bytes,
+        segment = s.log_segment_size,
         format = s.format,
         experiment = s.default_experiment,
         extra = s.extra_sinks,

@@ -12,6 +12,7 @@ mod golden;
 mod harness;
 mod http_extras;
 mod kafka;
+mod log;
 mod mlflow_oracle;
 mod mlflow_output;
 mod overload;
