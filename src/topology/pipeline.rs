@@ -167,14 +167,12 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 logged = self.input.recv() => {
-                    let Some(mut logged) = logged else { break };
-                    for _ in 0..BATCHES_PER_TURN {
+                    let Some(first) = logged else { break };
+                    for logged in self.input.with_waiting(first, BATCHES_PER_TURN) {
                         next = logged.positions.last().map_or(next, |p| p + 1);
                         assembler.ingest(&logged.batch, &logged.positions, Instant::now(), &mut released);
                         self.assembler_metrics.observe(&assembler, &released);
                         turn.note(&mut assembler, &mut released, next);
-                        let Some(more) = self.input.try_recv() else { break };
-                        logged = more;
                     }
                 }
                 () = sleep_until(deadline) => {

@@ -145,6 +145,17 @@ impl<T> QueueRx<T> {
         Some(self.take(slot))
     }
 
+    /// `first` and the items already waiting behind it, at most `limit` in all.
+    pub fn with_waiting(&mut self, first: T, limit: usize) -> Vec<T> {
+        let mut items = vec![first];
+        while items.len() < limit
+            && let Some(more) = self.try_recv()
+        {
+            items.push(more);
+        }
+        items
+    }
+
     fn take(&self, slot: Slot<T>) -> T {
         self.gauges.bytes.dec_by(slot._permit.num_permits() as i64);
         slot.value
@@ -180,6 +191,18 @@ mod tests {
         assert_eq!(rx.try_recv(), Some(1));
         assert_eq!(gauges.bytes.get(), 0);
         assert_eq!(rx.try_recv(), None);
+    }
+
+    #[tokio::test]
+    async fn taking_what_is_waiting_stops_at_the_limit_and_loses_nothing() {
+        let (tx, mut rx) = bounded::<u32>(1_000, QueueGauges::default());
+        for i in 1..=5 {
+            tx.send(i, 1).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(rx.with_waiting(first, 3), vec![1, 2, 3]);
+        let next = rx.recv().await.unwrap();
+        assert_eq!(rx.with_waiting(next, 3), vec![4, 5]);
     }
 
     #[tokio::test]
