@@ -208,3 +208,23 @@ pub fn kafka_sink(brokers: &str, topic: &str, more: &str) -> String {
     }
     yaml
 }
+
+/// Waits until `topic` exists with partitions (e.g. re-created by the sink after a restart).
+pub fn wait_for_topic(brokers: &str, topic: &str, timeout: Duration) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let partitions = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+            .unwrap_or(0);
+        if partitions > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "topic {topic} did not appear");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
