@@ -228,6 +228,8 @@ async fn a_trace_that_never_gets_its_root_is_released_at_max_age_flagged() {
 async fn a_ten_thousand_span_trace_arrives_whole() {
     let c = Collector::start_with(Settings {
         format: "otlp",
+        // Four requests, each fsynced: on a loaded machine they can be further apart than 50ms.
+        idle_timeout: "2s",
         ..Settings::default()
     })
     .await;
