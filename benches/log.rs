@@ -1,0 +1,67 @@
+//! The ingest log on one core, in spans per second: encoding a request's span records (done on
+//! the receiver's task), appending them to a segment file and committing with and without fsync
+//! (one commit per group of 16 requests, as group commit does under load), and decoding them
+//! again (replay). Requests hold 64 traces of 8 GenAI spans with ~300 bytes of attributes.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use traceloom::log::record;
+use traceloom::log::segment::SegmentLog;
+use traceloom::testkit;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const TRACES: usize = 64;
+const SPANS_PER_TRACE: usize = 8;
+const GROUP: usize = 16;
+
+fn bench(c: &mut Criterion) {
+    let batch = testkit::batch(1, TRACES, SPANS_PER_TRACE, 300);
+    let records = record::encode(&batch);
+    let spans = (TRACES * SPANS_PER_TRACE) as u64;
+    let mut group = c.benchmark_group("log");
+    group.measurement_time(Duration::from_secs(5));
+
+    group.throughput(Throughput::Elements(spans));
+    group.bench_function("encode_request_records", |b| {
+        b.iter(|| record::encode(&batch))
+    });
+    group.bench_function("decode_records_for_replay", |b| {
+        b.iter(|| records.iter().map(|r| record::decode(r).unwrap()).count())
+    });
+
+    group.throughput(Throughput::Elements(spans * GROUP as u64));
+    for (name, sync) in [
+        ("append_group_no_fsync", false),
+        ("append_group_fsync", true),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64 << 20, |p, _| p).unwrap();
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || (),
+                |()| append_group(&mut log, &records, sync),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+fn append_group(log: &mut SegmentLog, records: &[Bytes], sync: bool) {
+    for _ in 0..GROUP {
+        for r in records {
+            log.append(r, log.end());
+        }
+    }
+    log.commit(sync).unwrap();
+    // Keep the directory small: delete segments more than 256 MiB behind.
+    log.remove_below(log.end().saturating_sub(256 << 20))
+        .unwrap();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
