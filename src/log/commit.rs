@@ -224,17 +224,39 @@ pub struct SinkCommits {
     index: usize,
     tracker: Option<Arc<Tracker>>,
     manifest: Option<Arc<Mutex<Manifest>>>,
+    origin: Origin,
+}
+
+/// Which log a sink's revisions come from, and since when replay may repeat them.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The ingest log's id (`<dir>/id`), unique per log directory.
+    pub log_id: Arc<str>,
+    /// When the first replayed record was received; `None` when nothing is replayed. No
+    /// revision replay sends was written to a sink before it.
+    pub replay_since: Option<std::time::SystemTime>,
 }
 
 impl SinkCommits {
     /// Sink `index` of a pipeline, with its manifest (`None`: a sink whose output replay may
     /// repeat, such as `discard`).
-    pub fn new(index: usize, tracker: Arc<Tracker>, manifest: Option<Manifest>) -> Self {
+    pub fn new(
+        index: usize,
+        tracker: Arc<Tracker>,
+        manifest: Option<Manifest>,
+        origin: Origin,
+    ) -> Self {
         Self {
             index,
             tracker: Some(tracker),
             manifest: manifest.map(|m| Arc::new(Mutex::new(m))),
+            origin,
         }
+    }
+
+    /// Where the revisions come from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// A handle that records nothing, for sinks run outside a pipeline (tests, benchmarks).
@@ -243,6 +265,7 @@ impl SinkCommits {
             index: 0,
             tracker: None,
             manifest: None,
+            origin: Origin::default(),
         }
     }
 

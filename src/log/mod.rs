@@ -85,6 +85,8 @@ pub struct OpenLog {
     pub manifests: Vec<Manifest>,
     /// What to replay.
     pub replay: Replay,
+    /// The log's id and replay start time, for sinks that read their output back.
+    pub origin: commit::Origin,
     /// Held while the process runs: the OS releases it when the process dies, even by SIGKILL.
     _lock: File,
 }
@@ -145,7 +147,12 @@ pub fn open(
     }
     let tracker = Arc::new(Tracker::new(checkpoint, from));
     tracker.set_manifest_floor(journal.start());
+    let origin = commit::Origin {
+        log_id: log_id(dir)?.into(),
+        replay_since: first_received(&records_dir, &bases, from, end),
+    };
     Ok(OpenLog {
+        origin,
         records,
         journal,
         tracker,
@@ -153,6 +160,37 @@ pub fn open(
         replay: Replay::new(records_dir, bases, from, decisions, committed, end),
         _lock: lock,
     })
+}
+
+/// The log's id, made when the directory is first used: sinks label their output with it.
+fn log_id(dir: &Path) -> Result<String, LogError> {
+    let path = dir.join("id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_at(&path)(e)),
+        _ => {}
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let id = format!(
+        "{:016x}",
+        twox_hash::XxHash64::oneshot(u64::from(std::process::id()), &seed.to_le_bytes())
+    );
+    std::fs::write(&path, &id).map_err(io_at(&path))?;
+    Ok(id)
+}
+
+/// When the first record to replay was received.
+fn first_received(dir: &Path, bases: &[u64], from: u64, end: u64) -> Option<std::time::SystemTime> {
+    if from >= end {
+        return None;
+    }
+    let base = bases.iter().rev().find(|b| **b <= from).or(bases.first())?;
+    let frames = segment::read_segment(dir, *base, from..end).ok()?;
+    let (_, payload) = frames.first()?;
+    record::decode(payload).ok().map(|b| b.meta.received_at)
 }
 
 fn report(dir: &Path, opened: &Opened, metrics: &LogMetrics) {

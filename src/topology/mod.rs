@@ -227,7 +227,12 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
                     source,
                 })?;
             let manifest = manifests.next().filter(|_| sink.keeps_manifest());
-            let commits = SinkCommits::new(index, Arc::clone(&log.tracker), manifest);
+            let commits = SinkCommits::new(
+                index,
+                Arc::clone(&log.tracker),
+                manifest,
+                log.origin.clone(),
+            );
             let label = format!("sink.{name}.{sink_name}");
             let (tx, rx) = queue::bounded(
                 pipeline.queue.max_bytes.as_usize(),

@@ -257,8 +257,10 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
         rng
     };
     let acked = Arc::new(Mutex::new(Acked::new()));
-    let requests: Vec<(usize, usize)> = (0..SPANS_PER_TRACE)
-        .flat_map(|round| (0..TRACES / TRACES_PER_REQUEST).map(move |chunk| (chunk, round)))
+    // Chunk by chunk, so that traces complete (and are released, published and delivered)
+    // all through the run and the kills land while every stage is busy.
+    let requests: Vec<(usize, usize)> = (0..TRACES / TRACES_PER_REQUEST)
+        .flat_map(|chunk| (0..SPANS_PER_TRACE).map(move |round| (chunk, round)))
         .collect();
     let sender = {
         let acked = Arc::clone(&acked);

@@ -236,6 +236,19 @@ impl std::fmt::Display for Scalar {
 const RESERVED: &[&str] = &["delivery.report.only.error", "dr_cb", "dr_msg_cb"];
 
 impl KafkaConfig {
+    /// Settings of the consumer that reads the topic back after a crash: the brokers and the
+    /// security settings, nothing of the producer's.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", "traceloom-recovery")
+            .set("group.id", "traceloom-recovery")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        self.security.apply(&mut c);
+        c
+    }
+
     /// The librdkafka producer properties: traceloom's defaults, the typed settings, then the
     /// `librdkafka` overrides.
     ///

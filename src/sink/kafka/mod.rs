@@ -18,6 +18,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod deliver;
 pub mod message;
+pub mod recover;
 #[cfg(test)]
 mod tests;
 pub mod topic;
@@ -88,6 +89,14 @@ pub struct KafkaSink {
     to_file: Vec<(Arc<Message>, String, String)>,
     /// Revisions acknowledged or dead-lettered, not yet in the manifest.
     durable: Vec<u64>,
+    /// Settings of the consumer that reads the topic back after a crash.
+    consumer: ClientConfig,
+    /// Replayed revisions found already on the topic: skipped when replay sends them.
+    already: std::collections::HashSet<u64>,
+    /// Whether the topic was read back (or there was nothing to read back).
+    recovered: bool,
+    /// The ingest log's id, in every message's `traceloom_release` header.
+    log_id: Arc<str>,
     last_warning: Option<Instant>,
     last_refusal: Option<Instant>,
     sink_metrics: SinkMetrics,
@@ -146,6 +155,10 @@ impl KafkaConfig {
             dead_letter_file,
             to_file: Vec::new(),
             durable: Vec::new(),
+            consumer: self.consumer_config(),
+            already: std::collections::HashSet::new(),
+            recovered: false,
+            log_id: Arc::from(""),
             last_warning: None,
             last_refusal: None,
             sink_metrics,
@@ -223,8 +236,11 @@ impl KafkaSink {
         commits: SinkCommits,
     ) -> Result<(), SinkError> {
         let mut open = true;
+        let origin = commits.origin().clone();
+        self.log_id = Arc::clone(&origin.log_id);
         while open || !self.in_flight.is_empty() {
             self.wait_for_topics().await;
+            self.recover(&origin).await;
             self.recheck_topics().await;
             let room = self.in_flight.bytes() < self.max_in_flight;
             tokio::select! {
@@ -245,6 +261,38 @@ impl KafkaSink {
             self.metrics.in_flight.set(self.in_flight.messages() as i64);
         }
         Ok(())
+    }
+
+    /// Once, after a restart that replays revisions: reads the topic back from the time of the
+    /// first replayed record and notes the revisions of this log already there, so that replay
+    /// does not write them twice (see [`recover`]).
+    async fn recover(&mut self, origin: &crate::log::commit::Origin) {
+        if std::mem::replace(&mut self.recovered, true) {
+            return;
+        }
+        let Some(since) = origin.replay_since else {
+            return;
+        };
+        let (consumer, topic, log_id) = (
+            self.consumer.clone(),
+            self.topic_name.clone(),
+            Arc::clone(&origin.log_id),
+        );
+        let found = tokio::task::spawn_blocking(move || {
+            recover::delivered_since(&consumer, &topic, &log_id, since)
+        })
+        .await
+        .expect("reading the topic back does not panic");
+        match found {
+            Ok(found) => {
+                tracing::info!(sink = %self.name, revisions = found.len(),
+                    "read the topic back: replayed revisions already there are not sent again");
+                self.already = found;
+            }
+            Err(e) => tracing::warn!(sink = %self.name, error = %e,
+                "cannot read the topic back; replayed revisions delivered just before the \
+                 crash may be sent twice"),
+        }
     }
 
     /// Records acknowledged and dead-lettered revisions in the manifest; on failure they are
@@ -333,7 +381,17 @@ impl KafkaSink {
 
     /// Encodes a revision and sends its parts.
     fn submit(&mut self, trace: &SinkInput) {
-        let message = Message::new(trace, self.encoding, self.max_message_size);
+        if self.already.remove(&trace.position) {
+            self.durable.push(trace.position);
+            return;
+        }
+        let mut message = Message::new(trace, self.encoding, self.max_message_size);
+        if !self.log_id.is_empty() {
+            message.headers.push((
+                recover::RELEASE_HEADER,
+                recover::release_header(&self.log_id, trace.position),
+            ));
+        }
         if message.parts.len() > 1 {
             self.metrics.split.inc();
         }
