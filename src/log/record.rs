@@ -1,7 +1,7 @@
 //! Span records: one trace's spans from one request, as the ingest log stores them.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use prost::Message;
@@ -93,11 +93,6 @@ fn protocol_from_proto(p: i32) -> Protocol {
         Ok(proto::Protocol::HttpJson) => Protocol::HttpJson,
         _ => Protocol::Grpc,
     }
-}
-
-/// When the record at hand was received, for ages.
-pub fn received_at(batch: &SpanBatch) -> SystemTime {
-    batch.meta.received_at
 }
 
 #[cfg(test)]

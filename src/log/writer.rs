@@ -24,7 +24,7 @@ use super::segment::{FRAME_HEADER, SegmentLog};
 use crate::model::SpanBatch;
 use crate::telemetry::metrics::LogMetrics;
 use crate::topology::queue::{QueueRx, QueueTx};
-use crate::topology::sleep_until;
+use crate::topology::{on_blocking_thread, sleep_until};
 
 /// Most record bytes written in one group.
 const GROUP_BYTES: usize = 8 << 20;
@@ -117,7 +117,8 @@ impl Writer {
                 }
                 item = self.input.recv() => {
                     let Some(first) = item else { break };
-                    let group = self.group(first);
+                    let mut group = vec![first];
+                    self.input.take_waiting(&mut group, GROUP_BYTES, record_bytes);
                     if let Some(logged) = self.write(group, &mut unsynced).await {
                         ages.push(&logged);
                         for l in logged {
@@ -139,19 +140,6 @@ impl Writer {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
-    }
-
-    /// `first` and whatever else is waiting, up to [`GROUP_BYTES`].
-    fn group(&mut self, first: Append) -> Vec<Append> {
-        let mut bytes = record_bytes(&first);
-        let mut group = vec![first];
-        while bytes < GROUP_BYTES
-            && let Some(more) = self.input.try_recv()
-        {
-            bytes += record_bytes(&more);
-            group.push(more);
-        }
-        group
     }
 
     /// Appends and commits `group`; answers every request; returns the logged batches.
@@ -217,15 +205,7 @@ impl Writer {
         &mut self,
         work: impl FnOnce(&mut SegmentLog) -> std::io::Result<T> + Send + 'static,
     ) -> std::io::Result<T> {
-        let mut log = self.log.take().expect("the log is back after each write");
-        let (log, result) = tokio::task::spawn_blocking(move || {
-            let result = work(&mut log);
-            (log, result)
-        })
-        .await
-        .expect("log writes do not panic");
-        self.log = Some(log);
-        result
+        on_blocking_thread(&mut self.log, work).await
     }
 
     fn truncate(&mut self, ages: &mut Ages) {

@@ -155,11 +155,7 @@ impl DebugSink {
         while let Some(first) = input.recv().await {
             // Everything waiting goes in one write and one manifest entry.
             let mut traces = vec![first];
-            while traces.len() < 1024
-                && let Some(more) = input.try_recv()
-            {
-                traces.push(more);
-            }
+            input.take_waiting(&mut traces, 1024, |_| 1);
             let mut text = String::new();
             for trace in &traces {
                 text.push_str(&render(trace, self.format));

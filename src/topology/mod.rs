@@ -482,6 +482,33 @@ async fn join_until(set: &mut JoinSet<TaskResult>, deadline: Instant) -> Vec<Str
     problems
 }
 
+/// Runs `work` on a blocking thread with the state held in `slot` (file I/O, encoding), and puts
+/// the state back. The slot is empty only while the work runs.
+///
+/// # Panics
+///
+/// If the slot is empty (a previous call was cancelled) or `work` panics.
+pub async fn on_blocking_thread<S, T>(
+    slot: &mut Option<S>,
+    work: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> T
+where
+    S: Send + 'static,
+    T: Send + 'static,
+{
+    let mut state = slot
+        .take()
+        .expect("the state is back after each blocking step");
+    let (state, result) = tokio::task::spawn_blocking(move || {
+        let result = work(&mut state);
+        (state, result)
+    })
+    .await
+    .expect("blocking steps do not panic");
+    *slot = Some(state);
+    result
+}
+
 /// Sleeps until `deadline`, or forever when there is none.
 pub async fn sleep_until(deadline: Option<Instant>) {
     match deadline {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::queue::{QueueRx, QueueTx};
-use super::sleep_until;
+use super::{on_blocking_thread, sleep_until};
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
 use crate::log::journal::{self, Decision, Kind};
@@ -168,7 +168,9 @@ impl Pipeline {
                 biased;
                 logged = self.input.recv() => {
                     let Some(first) = logged else { break };
-                    for logged in self.input.with_waiting(first, BATCHES_PER_TURN) {
+                    let mut taken = vec![first];
+                    self.input.take_waiting(&mut taken, BATCHES_PER_TURN, |_| 1);
+                    for logged in taken {
                         next = logged.positions.last().map_or(next, |p| p + 1);
                         assembler.ingest(&logged.batch, &logged.positions, Instant::now(), &mut released);
                         self.assembler_metrics.observe(&assembler, &released);
@@ -203,9 +205,9 @@ impl Pipeline {
             self.log.tracker.hold(floor, &[]);
             return Ok(());
         }
-        let positions = self.journal(turn.decisions.clone()).await;
-        let release_positions = turn
-            .decisions
+        let decisions = Arc::new(turn.decisions);
+        let positions = self.journal(&decisions).await;
+        let release_positions = decisions
             .iter()
             .zip(positions)
             .filter(|(d, _)| matches!(d.kind, Kind::Release { .. }))
@@ -226,28 +228,20 @@ impl Pipeline {
 
     /// Writes decisions to the journal, retrying until it works: no revision may reach a sink
     /// before its decision is durable, and waiting here pushes back to the receivers.
-    async fn journal(&mut self, decisions: Vec<Decision>) -> Vec<u64> {
+    async fn journal(&mut self, decisions: &Arc<Vec<Decision>>) -> Vec<u64> {
         let sync = self.log.fsync != Fsync::Never;
-        let decisions = Arc::new(decisions);
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut log = self
-                .log
-                .journal
-                .take()
-                .expect("the journal is back after each write");
-            let d = Arc::clone(&decisions);
-            let (log, result) = tokio::task::spawn_blocking(move || {
-                let result = journal::record(&mut log, &d, sync);
-                (log, result)
+            let d = Arc::clone(decisions);
+            let result = on_blocking_thread(&mut self.log.journal, move |log| {
+                journal::record(log, &d, sync)
             })
-            .await
-            .expect("journal writes do not panic");
-            let dir = log.dir().display().to_string();
-            self.log.journal = Some(log);
+            .await;
             match result {
                 Ok(positions) => return positions,
                 Err(e) => {
+                    let journal = self.log.journal.as_ref().expect("back after the write");
+                    let dir = journal.dir().display();
                     error!(%dir, error = %e, retry_in = ?backoff,
                         "cannot write the decision journal; holding releases and retrying");
                     tokio::time::sleep(backoff).await;

@@ -145,15 +145,16 @@ impl<T> QueueRx<T> {
         Some(self.take(slot))
     }
 
-    /// `first` and the items already waiting behind it, at most `limit` in all.
-    pub fn with_waiting(&mut self, first: T, limit: usize) -> Vec<T> {
-        let mut items = vec![first];
-        while items.len() < limit
+    /// Moves the items already waiting into `items` while their total `cost` is below `budget`
+    /// (batching without waiting: one step handles everything that piled up).
+    pub fn take_waiting(&mut self, items: &mut Vec<T>, budget: usize, cost: impl Fn(&T) -> usize) {
+        let mut spent: usize = items.iter().map(&cost).sum();
+        while spent < budget
             && let Some(more) = self.try_recv()
         {
+            spent += cost(&more);
             items.push(more);
         }
-        items
     }
 
     fn take(&self, slot: Slot<T>) -> T {
@@ -199,10 +200,12 @@ mod tests {
         for i in 1..=5 {
             tx.send(i, 1).await.unwrap();
         }
-        let first = rx.recv().await.unwrap();
-        assert_eq!(rx.with_waiting(first, 3), vec![1, 2, 3]);
-        let next = rx.recv().await.unwrap();
-        assert_eq!(rx.with_waiting(next, 3), vec![4, 5]);
+        let mut items = vec![rx.recv().await.unwrap()];
+        rx.take_waiting(&mut items, 3, |_| 1);
+        assert_eq!(items, vec![1, 2, 3]);
+        let mut items = vec![rx.recv().await.unwrap()];
+        rx.take_waiting(&mut items, 3, |_| 1);
+        assert_eq!(items, vec![4, 5]);
     }
 
     #[tokio::test]

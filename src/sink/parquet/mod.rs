@@ -37,7 +37,7 @@ use crate::config::units::{ByteSize, HumanDuration};
 use crate::log::SinkCommits;
 use crate::telemetry::metrics::SinkMetrics;
 use crate::topology::queue::QueueRx;
-use crate::topology::sleep_until;
+use crate::topology::{on_blocking_thread, sleep_until};
 
 /// `type: parquet`.
 #[derive(Debug, Deserialize)]
@@ -257,13 +257,7 @@ impl ParquetSink {
                 },
                 () = sleep_until(self.files().next_deadline()) => {}
             }
-            let mut bytes = step.first().map_or(0, |t| t.bytes);
-            while bytes < STEP_BYTES
-                && let Some(t) = input.try_recv()
-            {
-                bytes += t.bytes;
-                step.push(t);
-            }
+            input.take_waiting(&mut step, STEP_BYTES, |t| t.bytes);
             let done = self
                 .encode(move |files| files.append(&step, Instant::now()))
                 .await;
@@ -279,16 +273,9 @@ impl ParquetSink {
         &mut self,
         work: impl FnOnce(&mut Files) -> Vec<Finished> + Send + 'static,
     ) -> Vec<Finished> {
-        let mut files = self.files.take().expect("files are back after each step");
-        let (files, done) = tokio::task::spawn_blocking(move || {
-            let done = work(&mut files);
-            (files, done)
-        })
-        .await
-        .expect("Parquet encoding does not panic");
-        let buffered = files.buffered() as i64;
+        let done = on_blocking_thread(&mut self.files, |files| work(files)).await;
+        let buffered = self.files().buffered() as i64;
         self.publisher.metrics.buffered_bytes.set(buffered);
-        self.files = Some(files);
         done
     }
 
