@@ -128,6 +128,8 @@ impl Drop for Broker {
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
+    /// The producer's timestamp, ms since the epoch.
+    pub timestamp: i64,
     pub key: String,
     pub headers: BTreeMap<String, String>,
     pub value: Vec<u8>,
@@ -183,6 +185,7 @@ pub fn consume(brokers: &str, topic: &str, count: usize, timeout: Duration) -> V
         records.push(Record {
             partition: m.partition(),
             offset: m.offset(),
+            timestamp: m.timestamp().to_millis().unwrap_or(-1),
             key: String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap(),
             headers,
             value: m.payload().unwrap_or_default().to_vec(),

@@ -199,16 +199,18 @@ struct Topic {
 fn topic_revisions(brokers: &str) -> Topic {
     let records = broker::consume(brokers, "crash", usize::MAX, Duration::from_secs(20));
     // (trace, revision) -> each copy's release header and value.
-    type Copies = Vec<(String, Vec<u8>)>;
+    type Copies = Vec<(String, Vec<u8>, String)>;
     let mut seen: HashMap<(String, u32), Copies> = HashMap::new();
     let mut newest: BTreeMap<String, (u32, BTreeSet<String>)> = BTreeMap::new();
     for r in &records {
         let trace = r.header("trace_id")[3..].to_string();
         let revision: u32 = r.header("revision").parse().unwrap();
         let release = r.header("traceloom_release").to_string();
-        seen.entry((trace.clone(), revision))
-            .or_default()
-            .push((release, r.value.clone()));
+        seen.entry((trace.clone(), revision)).or_default().push((
+            release,
+            r.value.clone(),
+            format!("p{}@{} t{}", r.partition, r.offset, r.timestamp),
+        ));
         let request = Upstream::decode(&r.value[..]).unwrap();
         let spans: BTreeSet<String> = request
             .resource_spans
@@ -227,7 +229,13 @@ fn topic_revisions(brokers: &str) -> Topic {
         let examples: Vec<_> = repeated
             .iter()
             .take(5)
-            .map(|((t, r), c)| (t, r, c.iter().map(|(rel, _)| rel).collect::<Vec<_>>()))
+            .map(|((t, r), c)| {
+                (
+                    t,
+                    r,
+                    c.iter().map(|(rel, _, at)| (rel, at)).collect::<Vec<_>>(),
+                )
+            })
             .collect();
         eprintln!(
             "{} revisions on the topic more than once, e.g. {examples:?}",
@@ -239,7 +247,11 @@ fn topic_revisions(brokers: &str) -> Topic {
         repeated: repeated.len(),
         divergent: repeated
             .iter()
-            .filter(|(_, copies)| copies.iter().any(|c| *c != copies[0]))
+            .filter(|(_, copies)| {
+                copies
+                    .iter()
+                    .any(|c| (&c.0, &c.1) != (&copies[0].0, &copies[0].1))
+            })
             .count(),
     }
 }

@@ -20,11 +20,43 @@ pub const RELEASE_HEADER: &str = "traceloom_release";
 
 /// Clock difference allowed between a record's receive time and a message's timestamp.
 const SKEW: Duration = Duration::from_secs(60);
-/// Produce requests the crashed process had sent may still be in the broker's hands; read back
-/// only after it has had a moment to append them.
-const SETTLE: Duration = Duration::from_secs(1);
+/// Produce requests the crashed process had sent may still be in the broker's hands (a loaded
+/// broker was seen appending one 1.6 s after the process died): read back only once no
+/// partition's end has moved for this long…
+const SETTLE: Duration = Duration::from_secs(2);
+/// …or, when other producers keep the topic moving, after this long.
+const MAX_SETTLE: Duration = Duration::from_secs(15);
+/// How often the partition ends are looked at while settling.
+const SETTLE_POLL: Duration = Duration::from_millis(250);
 /// Most time spent reading back.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Each partition's (low, high) watermarks once no high watermark has moved for [`SETTLE`]
+/// (or [`MAX_SETTLE`] passed).
+fn settled_ends(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> KafkaResult<Vec<(i64, i64)>> {
+    let read = || -> KafkaResult<Vec<(i64, i64)>> {
+        partitions
+            .iter()
+            .map(|p| consumer.fetch_watermarks(topic, *p, Duration::from_secs(10)))
+            .collect()
+    };
+    let started = Instant::now();
+    let mut ends = read()?;
+    let mut since = Instant::now();
+    while since.elapsed() < SETTLE && started.elapsed() < MAX_SETTLE {
+        std::thread::sleep(SETTLE_POLL);
+        let now = read()?;
+        if now != ends {
+            ends = now;
+            since = Instant::now();
+        }
+    }
+    Ok(ends)
+}
 
 /// The header value for the revision at `position` of log `log_id`.
 pub fn release_header(log_id: &str, position: u64) -> String {
@@ -43,7 +75,6 @@ pub fn delivered_since(
     log_id: &str,
     since: SystemTime,
 ) -> KafkaResult<HashSet<u64>> {
-    std::thread::sleep(SETTLE);
     let consumer: BaseConsumer = consumer.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -52,6 +83,7 @@ pub fn delivered_since(
         .flat_map(|t| t.partitions())
         .map(|p| p.id())
         .collect();
+    let ends = settled_ends(&consumer, topic, &partitions)?;
     let from_ms = since
         .checked_sub(SKEW)
         .unwrap_or(UNIX_EPOCH)
@@ -68,8 +100,7 @@ pub fn delivered_since(
         .ok();
     let mut assignment = TopicPartitionList::new();
     let mut remaining = HashSet::new();
-    for p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(10))?;
+    for (p, (low, high)) in partitions.iter().zip(ends) {
         let start = starts
             .as_ref()
             .and_then(|s| s.find_partition(topic, *p))
