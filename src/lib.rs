@@ -27,6 +27,7 @@ pub mod otlp;
 pub mod receive;
 pub mod server;
 pub mod sink;
+pub mod stages;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testkit;

@@ -1,11 +1,12 @@
 //! The `traceloom` binary: command line, logging, signals and exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 use traceloom::config::Config;
 use traceloom::telemetry::logging::{self, LogFormat};
 use traceloom::telemetry::metrics::Metrics;
@@ -41,7 +42,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the collector until SIGINT or SIGTERM, then drain what was accepted and exit 0.
+    /// Run the collector until SIGINT or SIGTERM, then drain what was accepted and exit 0. On
+    /// SIGHUP, or when the pipeline file changes, the file is validated and its stages, `select`
+    /// and pipeline receivers applied; an invalid file, or one changing what needs a restart,
+    /// is refused and logged, and the running configuration stays.
     Run {
         /// Pipeline file (YAML). Without it, the embedded default runs: OTLP on
         /// 127.0.0.1:4317/4318 into the pipeline in `pipelines/default.yaml`.
@@ -118,10 +122,34 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let metrics = Arc::new(Metrics::new());
-        let running = traceloom::topology::start(&config, metrics).await?;
-        tokio::select! {
-            signal = shutdown_signal() => tracing::info!(signal, "signal received"),
-            () = running.failed() => tracing::error!("a component failed; shutting down"),
+        let mut running = traceloom::topology::start(&config, metrics).await?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
+        let mut poll = tokio::time::interval(CONFIG_POLL);
+        let mut last = config_path.as_deref().map(std::fs::read);
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            let trigger = tokio::select! {
+                signal = &mut shutdown => {
+                    tracing::info!(signal, "signal received");
+                    break;
+                }
+                () = running.failed() => {
+                    tracing::error!("a component failed; shutting down");
+                    break;
+                }
+                _ = hangup.recv() => "SIGHUP",
+                _ = poll.tick() => {
+                    let now = config_path.as_deref().map(std::fs::read);
+                    let changed = matches!((&last, &now), (Some(Ok(a)), Some(Ok(b))) if a != b);
+                    last = now;
+                    if !changed {
+                        continue;
+                    }
+                    "the file changed"
+                }
+            };
+            reload(&mut running, config_path.as_deref(), trigger);
         }
         running
             .shutdown()
@@ -130,8 +158,34 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
     })
 }
 
+/// How often the pipeline file is checked for changes.
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Validates the pipeline file again and applies it; on any problem the running configuration
+/// stays and the log says why.
+fn reload(running: &mut traceloom::topology::Running, path: Option<&Path>, trigger: &str) {
+    let Some(path) = path else {
+        tracing::warn!(
+            trigger,
+            "reload: running the embedded default, there is no file to read"
+        );
+        return;
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(trigger, error = %e,
+                "reload refused: the pipeline file is invalid; the running configuration stays");
+            return;
+        }
+    };
+    match running.reload(&config) {
+        Ok(()) => tracing::info!(trigger, file = %path.display(), "pipeline file reloaded"),
+        Err(e) => tracing::error!(trigger, error = %e, "reload refused"),
+    }
+}
+
 async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut term =
         signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
     tokio::select! {

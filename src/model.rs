@@ -5,6 +5,7 @@
 //! is one OTLP request after validation, already split by trace id so that later stages (the
 //! ingest log, the assembler) can work per trace without walking the request again.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -201,6 +202,64 @@ pub struct AssembledTrace {
     /// The position of the revision's release decision in the ingest log's journal: its
     /// identity in sink manifests and on replay.
     pub position: u64,
+}
+
+impl AssembledTrace {
+    /// The number of spans (after any stage removed some).
+    pub fn span_count(&self) -> usize {
+        self.groups.iter().map(|g| g.spans.len()).sum()
+    }
+
+    /// Removes spans from both views, the MLflow trace and the OTLP groups.
+    pub fn remove_spans(&mut self, ids: &std::collections::HashSet<SpanId>) {
+        self.trace.data.spans.retain(|s| !ids.contains(&s.span_id));
+        for group in &mut self.groups {
+            group
+                .spans
+                .retain(|s| SpanId::from_slice(&s.span_id).is_none_or(|id| !ids.contains(&id)));
+        }
+        self.groups.retain(|g| !g.spans.is_empty());
+    }
+
+    /// The `service.name` of each span's resource.
+    pub fn services(&self) -> Services {
+        let mut names: Vec<String> = Vec::new();
+        let mut by_span = HashMap::new();
+        for group in &self.groups {
+            let Some(service) = group.origin.resource_str("service.name") else {
+                continue;
+            };
+            let index = names.iter().position(|n| *n == service).unwrap_or_else(|| {
+                names.push(service);
+                names.len() - 1
+            });
+            for span in &group.spans {
+                if let Some(id) = SpanId::from_slice(&span.span_id) {
+                    by_span.insert(id, index);
+                }
+            }
+        }
+        Services { names, by_span }
+    }
+}
+
+/// The `service.name` of each span of a trace: distinct names, and each span's index into them.
+#[derive(Debug, Default)]
+pub struct Services {
+    names: Vec<String>,
+    by_span: HashMap<SpanId, usize>,
+}
+
+impl Services {
+    /// The service of span `id`, if its resource names one.
+    pub fn of_span(&self, id: &SpanId) -> Option<&str> {
+        self.by_span.get(id).map(|&i| &self.names[i][..])
+    }
+
+    /// Every distinct service, in order of first appearance.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! file, line, column, the path of the field and why.
 
 pub mod env;
+pub mod pattern;
 pub mod tagged;
 pub mod units;
 
@@ -120,6 +121,12 @@ pub struct PipelineConfig {
     /// How spans become MLflow traces.
     #[serde(default)]
     pub mlflow: MlflowConfig,
+    /// Which of the receivers' traces this pipeline takes; absent: all of them.
+    #[serde(default)]
+    pub select: Option<Spanned<crate::topology::select::Select>>,
+    /// Run on every released trace, in order, before the sinks.
+    #[serde(default)]
+    pub stages: Vec<Spanned<crate::stages::StageConfig>>,
     /// Named sinks; every trace goes to each of them.
     pub sinks: BTreeMap<String, SinkConfig>,
 }
@@ -302,16 +309,31 @@ impl PipelineConfig {
                     position: Some((r.referenced.line(), r.referenced.column())),
                     path: format!("pipelines.{name}.receivers[{i}]"),
                     message: format!(
-                        "unknown receiver {:?}; defined receivers: {}",
+                        "unknown receiver {:?}; defined receivers: {}{}",
                         r.value,
                         if known.is_empty() {
                             "none".to_string()
                         } else {
                             known.join(", ")
-                        }
+                        },
+                        did_you_mean(&r.value, known.iter().copied())
                     ),
                 });
             }
+        }
+        if let Some(select) = &self.select {
+            problems.extend(select.value.problems().into_iter().map(|message| Problem {
+                position: Some((select.referenced.line(), select.referenced.column())),
+                path: format!("pipelines.{name}.select"),
+                message,
+            }));
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
+            problems.extend(stage.value.problems().into_iter().map(|message| Problem {
+                position: Some((stage.referenced.line(), stage.referenced.column())),
+                path: format!("pipelines.{name}.stages[{i}]"),
+                message: format!("{}: {message}", stage.value.kind()),
+            }));
         }
         if self.sinks.len() > crate::log::commit::MAX_SINKS {
             problems.push(Problem {
@@ -348,19 +370,50 @@ fn syntax_problem(path: &str, e: &serde_saphyr::Error) -> Problem {
 }
 
 /// The parser's message without its own location suffix or source snippet, which
-/// [`ConfigError`] renders in its own `file:line:col` form.
+/// [`ConfigError`] renders in its own `file:line:col` form; for an unknown name, the nearest
+/// valid one is suggested.
 fn plain_message(e: &serde_saphyr::Error) -> String {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default().trim();
     let first = first.strip_prefix("error: ").unwrap_or(first);
     // "line 3 column 5: message" -> "message"
-    match first
+    let message = match first
         .strip_prefix("line ")
         .and_then(|rest| rest.split_once(": "))
     {
         Some((position, message)) if position.contains(" column ") => message.to_string(),
         _ => first.to_string(),
-    }
+    };
+    let suggestion = suggest_for(&message);
+    message + &suggestion
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (and "unknown variant"), a
+/// "; did you mean `a`?" naming the nearest expected name, if one is close.
+fn suggest_for(message: &str) -> String {
+    let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    else {
+        return String::new();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return String::new();
+    };
+    let names = expected.split('`').skip(1).step_by(2);
+    did_you_mean(unknown, names)
+}
+
+/// "; did you mean `x`?" for the candidate nearest to `name`, when it is close enough to be a
+/// typo (edit distance at most a third of the name, and at most 3).
+fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    let limit = (name.chars().count() / 3).clamp(1, 3);
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| format!("; did you mean `{c}`?"))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::Histogram;
 
 use prost::Message;
 
@@ -31,13 +34,15 @@ pub const MAX_SINKS: usize = 64;
 pub struct Tracker {
     checkpoint: PathBuf,
     inner: Mutex<Inner>,
+    /// Release-to-durable seconds, per sink.
+    latency: Vec<Histogram>,
 }
 
 #[derive(Default)]
 struct Inner {
     assembler_floor: u64,
-    /// Release position → (first record position, sinks still to report).
-    pending: HashMap<u64, (u64, SinkMask)>,
+    /// Release position → (first record position, sinks still to report, when held).
+    pending: HashMap<u64, (u64, SinkMask, Instant)>,
     by_first: BTreeSet<(u64, u64)>,
     checkpointed: u64,
     /// Manifest entries whose releases are all below this can go.
@@ -45,10 +50,12 @@ struct Inner {
 }
 
 impl Tracker {
-    /// A tracker whose checkpoint lives at `checkpoint`, starting at `replay_from`.
-    pub fn new(checkpoint: PathBuf, replay_from: u64) -> Self {
+    /// A tracker whose checkpoint lives at `checkpoint`, starting at `replay_from`; `latency`
+    /// (per sink, may be empty) observes how long each revision took to become durable.
+    pub fn new(checkpoint: PathBuf, replay_from: u64, latency: Vec<Histogram>) -> Self {
         Self {
             checkpoint,
+            latency,
             inner: Mutex::new(Inner {
                 assembler_floor: replay_from,
                 checkpointed: replay_from,
@@ -65,9 +72,10 @@ impl Tracker {
     /// deliver to)` and the assembler's new floor, in one step so no floor in between is seen.
     pub fn hold(&self, assembler_floor: u64, releases: &[(u64, u64, SinkMask)]) {
         let mut inner = self.lock();
+        let now = Instant::now();
         for &(release, first, sinks) in releases {
             if sinks != 0 {
-                inner.pending.insert(release, (first, sinks));
+                inner.pending.insert(release, (first, sinks, now));
                 inner.by_first.insert((first, release));
             }
         }
@@ -78,9 +86,12 @@ impl Tracker {
     pub fn durable(&self, sink: usize, releases: &[u64]) {
         let mut inner = self.lock();
         for release in releases {
-            let Some((first, sinks)) = inner.pending.get_mut(release) else {
+            let Some((first, sinks, held)) = inner.pending.get_mut(release) else {
                 continue;
             };
+            if let Some(latency) = self.latency.get(sink) {
+                latency.observe(held.elapsed().as_secs_f64());
+            }
             *sinks &= !(1 << sink);
             if *sinks == 0 {
                 let first = *first;
@@ -321,7 +332,7 @@ mod tests {
     #[test]
     fn the_floor_is_the_oldest_record_an_unfinished_revision_or_the_assembler_needs() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tracker::new(dir.path().join("checkpoint"), 0);
+        let t = Tracker::new(dir.path().join("checkpoint"), 0, Vec::new());
         t.hold(500, &[(10, 100, 0b11), (11, 300, 0b01)]);
         assert_eq!(t.floor(), 100);
         t.durable(0, &[10]);

@@ -145,7 +145,7 @@ pub fn open(
         info!(dir = %dir.display(), bytes = end - from, decisions = decisions.len(),
             "ingest log: replaying what was not yet in every sink");
     }
-    let tracker = Arc::new(Tracker::new(checkpoint, from));
+    let tracker = Arc::new(Tracker::new(checkpoint, from, metrics.sink_latency.clone()));
     tracker.set_manifest_floor(journal.start());
     let origin = commit::Origin {
         log_id: log_id(dir)?.into(),

@@ -203,12 +203,8 @@ pub fn build(
         state,
         trace_metadata: metadata(&spans, root_span, &mut report),
         tags: tags(&spans, root, &mut report),
-        request_preview: root_span
-            .and_then(|r| r.attributes.get(INPUTS))
-            .map(|s| preview(s, "user")),
-        response_preview: root_span
-            .and_then(|r| r.attributes.get(OUTPUTS))
-            .map(|s| preview(s, "assistant")),
+        request_preview: root_preview(root_span, INPUTS, "user"),
+        response_preview: root_preview(root_span, OUTPUTS, "assistant"),
         execution_duration_ms: end_ms.saturating_sub(start_ms) as i64,
         request_time_ms: start_ms,
     };
@@ -220,6 +216,22 @@ pub fn build(
         },
         report,
     )
+}
+
+impl Trace {
+    /// Recomputes the request and response previews from the root span, after a stage changed
+    /// its inputs or outputs.
+    pub fn refresh_previews(&mut self) {
+        let root = self.data.spans.iter().find(|s| s.parent_span_id.is_none());
+        self.info.request_preview = root_preview(root, INPUTS, "user");
+        self.info.response_preview = root_preview(root, OUTPUTS, "assistant");
+    }
+}
+
+/// The preview of the root's stored `key` (inputs or outputs) for `role`.
+fn root_preview(root: Option<&Span>, key: &str, role: &str) -> Option<String> {
+    root.and_then(|r| r.attributes.get(key))
+        .map(|s| preview(s, role))
 }
 
 /// Protobuf `Timestamp` JSON: no fraction for whole seconds, else milliseconds.

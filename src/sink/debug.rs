@@ -165,7 +165,7 @@ impl DebugSink {
             out.flush().await.map_err(write_err)?;
             for trace in &traces {
                 self.metrics.traces.inc();
-                self.metrics.spans.inc_by(trace.release.span_count() as u64);
+                self.metrics.spans.inc_by(trace.span_count() as u64);
             }
             commit(&commits, traces.iter().map(|t| t.position).collect()).await;
         }

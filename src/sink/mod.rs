@@ -107,19 +107,25 @@ pub enum Sink {
 }
 
 impl SinkConfig {
-    /// Checks the config and prepares the sink named `name`.
+    /// Checks the config and prepares the sink named `name` of pipeline `pipeline`.
     ///
     /// # Errors
     ///
     /// [`BuildError`] naming what could not be prepared.
-    pub async fn build(&self, name: &str, metrics: &Metrics) -> Result<Sink, BuildError> {
-        let sink_metrics = metrics.sink(name);
+    pub async fn build(
+        &self,
+        pipeline: &str,
+        name: &str,
+        metrics: &Metrics,
+    ) -> Result<Sink, BuildError> {
+        let sink_metrics = metrics.sink(pipeline, name);
         Ok(match self {
             SinkConfig::Debug(c) => Sink::Debug(c.build(sink_metrics)?),
             SinkConfig::Discard(_) => Sink::Discard(discard::DiscardSink::new(sink_metrics)),
             SinkConfig::Parquet(c) => Sink::Parquet(c.build(name, sink_metrics)?),
             SinkConfig::Kafka(c) => Sink::Kafka(Box::new(
-                c.build(name, sink_metrics, metrics.kafka(name)).await?,
+                c.build(name, sink_metrics, metrics.kafka(pipeline, name))
+                    .await?,
             )),
         })
     }

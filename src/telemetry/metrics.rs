@@ -56,11 +56,40 @@ struct LimitLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabel {
+    pipeline: String,
     sink: String,
+}
+
+impl SinkLabel {
+    fn new(pipeline: &str, sink: &str) -> Self {
+        Self {
+            pipeline: pipeline.into(),
+            sink: sink.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    pipeline: String,
+    stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageDropLabels {
+    pipeline: String,
+    stage: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReceiverLabel {
+    receiver: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkErrorLabels {
+    pipeline: String,
     sink: String,
     kind: &'static str,
 }
@@ -107,8 +136,11 @@ pub struct Metrics {
     sink_files: Family<SinkLabel, Counter>,
     sink_bytes: Family<SinkLabel, Counter>,
     sink_buffered: Family<SinkLabel, Gauge>,
+    sink_latency: Family<SinkLabel, Histogram>,
     kafka: KafkaFamilies,
     log: LogFamilies,
+    stage: StageFamilies,
+    unrouted_spans: Family<ReceiverLabel, Counter>,
     mlflow_limits: Family<LimitLabel, Counter>,
     assembler_spans_in: Family<PipelineLabel, Counter>,
     assembler_spans_out: Family<PipelineLabel, Counter>,
@@ -144,8 +176,14 @@ impl Metrics {
             sink_files: Family::default(),
             sink_bytes: Family::default(),
             sink_buffered: Family::default(),
+            // 1 ms to ~65 s: from release to durable in a sink.
+            sink_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
             kafka: KafkaFamilies::default(),
             log: LogFamilies::default(),
+            stage: StageFamilies::default(),
+            unrouted_spans: Family::default(),
             mlflow_limits: Family::default(),
             assembler_spans_in: Family::default(),
             assembler_spans_out: Family::default(),
@@ -216,6 +254,17 @@ impl Metrics {
         );
         m.kafka.register(&mut registry);
         m.log.register(&mut registry);
+        m.stage.register(&mut registry);
+        registry.register(
+            "sink_latency_seconds",
+            "Seconds from a revision's release to its being durable in the sink",
+            m.sink_latency.clone(),
+        );
+        registry.register(
+            "router_unrouted_spans",
+            "Accepted spans that no pipeline's `select` took",
+            m.unrouted_spans.clone(),
+        );
         registry.register(
             "mlflow_limits_applied",
             "MLflow limits applied while building traces (session_rejected, tag_dropped, tag_truncated, metadata_truncated)",
@@ -311,8 +360,8 @@ impl Metrics {
     }
 
     /// Counters for one sink.
-    pub fn sink(&self, sink: &str) -> SinkMetrics {
-        let label = SinkLabel { sink: sink.into() };
+    pub fn sink(&self, pipeline: &str, sink: &str) -> SinkMetrics {
+        let label = SinkLabel::new(pipeline, sink);
         SinkMetrics {
             traces: self.sink_traces.get_or_create(&label).clone(),
             spans: self.sink_spans.get_or_create(&label).clone(),
@@ -544,11 +593,11 @@ impl KafkaFamilies {
 
 impl Metrics {
     /// Handles for one Kafka sink.
-    pub fn kafka(&self, sink: &str) -> KafkaMetrics {
-        let label = SinkLabel { sink: sink.into() };
+    pub fn kafka(&self, pipeline: &str, sink: &str) -> KafkaMetrics {
+        let label = SinkLabel::new(pipeline, sink);
         let k = &self.kafka;
         KafkaMetrics {
-            sink: sink.into(),
+            label: label.clone(),
             messages: k.messages.get_or_create(&label).clone(),
             bytes: k.bytes.get_or_create(&label).clone(),
             delivery: k.delivery.get_or_create(&label).clone(),
@@ -653,13 +702,17 @@ impl LogFamilies {
 
 impl Metrics {
     /// Handles for one pipeline's ingest log.
-    pub fn log(&self, pipeline: &str) -> LogMetrics {
+    pub fn log(&self, pipeline: &str, sinks: &[&str]) -> LogMetrics {
         let label = PipelineLabel {
             pipeline: pipeline.into(),
         };
         let l = &self.log;
         LogMetrics {
             pipeline: pipeline.into(),
+            sink_latency: sinks
+                .iter()
+                .map(|sink| self.sink_latency(pipeline, sink))
+                .collect(),
             bytes: l.bytes.get_or_create(&label).clone(),
             segments: l.segments.get_or_create(&label).clone(),
             oldest: l.oldest.get_or_create(&label).clone(),
@@ -676,6 +729,8 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct LogMetrics {
     pipeline: String,
+    /// Release-to-durable seconds, per sink in configuration order.
+    pub sink_latency: Vec<Histogram>,
     /// Bytes kept.
     pub bytes: Gauge,
     /// Segment files.
@@ -707,7 +762,7 @@ impl LogMetrics {
 /// Handles of one Kafka sink (beside its [`SinkMetrics`]).
 #[derive(Clone, Debug)]
 pub struct KafkaMetrics {
-    sink: String,
+    label: SinkLabel,
     /// Messages acknowledged.
     pub messages: Counter,
     /// Value bytes acknowledged.
@@ -729,7 +784,8 @@ impl KafkaMetrics {
     /// Counts one failed delivery of `kind`.
     pub fn error(&self, kind: &'static str) {
         let labels = SinkErrorLabels {
-            sink: self.sink.clone(),
+            pipeline: self.label.pipeline.clone(),
+            sink: self.label.sink.clone(),
             kind,
         };
         self.errors.get_or_create(&labels).inc();
@@ -775,5 +831,127 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+}
+
+/// The stage families, labelled by pipeline and stage (`<index>-<type>`).
+#[derive(Debug)]
+struct StageFamilies {
+    traces_in: Family<StageLabel, Counter>,
+    dropped: Family<StageDropLabels, Counter>,
+    spans_removed: Family<StageLabel, Counter>,
+    values_redacted: Family<StageLabel, Counter>,
+    seconds: Family<StageLabel, Histogram>,
+}
+
+impl Default for StageFamilies {
+    fn default() -> Self {
+        Self {
+            traces_in: Family::default(),
+            dropped: Family::default(),
+            spans_removed: Family::default(),
+            values_redacted: Family::default(),
+            // 1 µs to ~33 ms per trace.
+            seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_001, 2.0, 16))
+            }),
+        }
+    }
+}
+
+impl StageFamilies {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, family) in [
+            (
+                "stage_traces_in",
+                "Trace revisions that entered the stage",
+                &self.traces_in,
+            ),
+            (
+                "stage_spans_removed",
+                "Spans a filter stage removed from kept traces",
+                &self.spans_removed,
+            ),
+            (
+                "stage_values_redacted",
+                "Attribute, tag and metadata values a redact stage dropped, hashed or truncated",
+                &self.values_redacted,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "stage_traces_dropped",
+            "Trace revisions the stage dropped, by reason (not_kept, dropped, sampled_out, rate_limited)",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "stage_seconds",
+            "Seconds the stage spent per trace revision",
+            self.seconds.clone(),
+        );
+    }
+}
+
+impl Metrics {
+    /// Handles for one stage of a pipeline.
+    pub fn stage(&self, pipeline: &str, stage: &str) -> StageMetrics {
+        let label = StageLabel {
+            pipeline: pipeline.into(),
+            stage: stage.into(),
+        };
+        let f = &self.stage;
+        StageMetrics {
+            traces_in: f.traces_in.get_or_create(&label).clone(),
+            spans_removed: f.spans_removed.get_or_create(&label).clone(),
+            values_redacted: f.values_redacted.get_or_create(&label).clone(),
+            seconds: f.seconds.get_or_create(&label).clone(),
+            dropped: f.dropped.clone(),
+            label,
+        }
+    }
+
+    /// The release-to-durable histogram of one sink.
+    pub fn sink_latency(&self, pipeline: &str, sink: &str) -> Histogram {
+        self.sink_latency
+            .get_or_create(&SinkLabel::new(pipeline, sink))
+            .clone()
+    }
+
+    /// Counts spans of receiver `receiver` that no pipeline selected.
+    pub fn unrouted(&self, receiver: &str, spans: usize) {
+        self.unrouted_spans
+            .get_or_create(&ReceiverLabel {
+                receiver: receiver.into(),
+            })
+            .inc_by(spans as u64);
+    }
+}
+
+/// Handles of one stage.
+#[derive(Debug)]
+pub struct StageMetrics {
+    label: StageLabel,
+    /// Revisions in.
+    pub traces_in: Counter,
+    /// Spans removed by a filter.
+    pub spans_removed: Counter,
+    /// Values redacted.
+    pub values_redacted: Counter,
+    /// Time per revision.
+    pub seconds: Histogram,
+    dropped: Family<StageDropLabels, Counter>,
+}
+
+impl StageMetrics {
+    /// Counts one revision dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped
+            .get_or_create(&StageDropLabels {
+                pipeline: self.label.pipeline.clone(),
+                stage: self.label.stage.clone(),
+                reason,
+            })
+            .inc();
     }
 }

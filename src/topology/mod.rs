@@ -21,29 +21,29 @@
 
 pub mod pipeline;
 pub mod queue;
+pub mod reload;
+pub mod router;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, ReceiverConfig};
-use crate::log::writer::{Append, LogSpace, Writer};
+use crate::log::writer::{LogSpace, Writer};
 use crate::log::{SinkCommits, Tracker};
-use crate::model::{Protocol, SpanBatch};
-use crate::receive::{BoxFuture, Exporter, Ingest, SubmitError};
+use crate::model::Protocol;
+use crate::receive::{Exporter, Ingest};
 use crate::sink;
 use crate::telemetry::admin::{self, Health};
 use crate::telemetry::metrics::Metrics;
-use queue::{QueueTx, SendError};
-
-/// How long clients are told to wait after an overload answer.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+use router::{PipelineInput, Router, Routes};
 
 /// Why the topology could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,89 +81,6 @@ pub enum StartError {
     },
 }
 
-/// One pipeline's input as the router sees it: its log writer.
-struct Route {
-    tx: QueueTx<Append>,
-    admission_timeout: Duration,
-}
-
-/// Receiver name → the pipelines that read it.
-type Routes = BTreeMap<String, Vec<Route>>;
-
-/// Hands batches from receivers to the pipelines that read them.
-struct Router {
-    /// `None` once shutdown has closed the router.
-    routes: RwLock<Option<Arc<Routes>>>,
-}
-
-impl Router {
-    fn close(&self) {
-        self.routes
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-    }
-}
-
-impl Ingest for Router {
-    fn submit(&self, batch: SpanBatch) -> BoxFuture<'_, Result<(), SubmitError>> {
-        let routes = self
-            .routes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        Box::pin(async move {
-            let routes = routes.ok_or(SubmitError::ShuttingDown)?;
-            let targets = routes
-                .get(&*batch.meta.receiver)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let size = batch.encoded_bytes;
-            // Encoded once, here on the receiver's task, for every pipeline's log.
-            let records = Arc::new(crate::log::record::encode(&batch));
-            let batch = Arc::new(batch);
-            let mut appended = Vec::with_capacity(targets.len());
-            for route in targets {
-                let deadline = tokio::time::Instant::now() + route.admission_timeout;
-                let (done, answer) = oneshot::channel();
-                let append = Append {
-                    batch: Arc::clone(&batch),
-                    records: Arc::clone(&records),
-                    done,
-                };
-                match route
-                    .tx
-                    .send_timeout(append, size, route.admission_timeout)
-                    .await
-                {
-                    Ok(()) => appended.push((deadline, answer)),
-                    Err(SendError::Full(_)) => {
-                        return Err(SubmitError::Overloaded {
-                            retry_after: RETRY_AFTER,
-                        });
-                    }
-                    Err(SendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
-                }
-            }
-            // The wait for the log is bounded too: a writer held up by a full pipeline queue
-            // skips requests whose client stopped waiting (their answer channel is closed).
-            for (deadline, answer) in appended {
-                match tokio::time::timeout_at(deadline, answer).await {
-                    Ok(Ok(Ok(()))) => {}
-                    Ok(Ok(Err(e))) => return Err(SubmitError::Log(e)),
-                    Ok(Err(_)) => return Err(SubmitError::ShuttingDown),
-                    Err(_) => {
-                        return Err(SubmitError::Overloaded {
-                            retry_after: RETRY_AFTER,
-                        });
-                    }
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
 /// Addresses the topology actually listens on (ports resolved when configured as 0).
 #[derive(Clone, Debug, Default)]
 pub struct Addresses {
@@ -191,6 +108,7 @@ pub struct Running {
     admin: JoinSet<TaskResult>,
     trackers: Vec<Arc<Tracker>>,
     shutdown_timeout: Duration,
+    reload: reload::Reloader,
 }
 
 /// Builds and starts everything `config` describes.
@@ -201,11 +119,12 @@ pub struct Running {
 pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, StartError> {
     let failed = CancellationToken::new();
     let mut pipelines = JoinSet::new();
-    let mut routes = Routes::new();
+    let mut inputs = BTreeMap::new();
+    let mut stage_senders = BTreeMap::new();
     let mut trackers = Vec::new();
     for (name, pipeline) in &config.pipelines {
-        let log_metrics = metrics.log(name);
         let sink_names: Vec<&str> = pipeline.sinks.keys().map(String::as_str).collect();
+        let log_metrics = metrics.log(name, &sink_names);
         let dir = pipeline.log.dir_for(name);
         let log =
             crate::log::open(&dir, &pipeline.log, &sink_names, &log_metrics).map_err(|source| {
@@ -219,7 +138,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
         let mut sink_txs = Vec::new();
         for (index, (sink_name, sink_config)) in pipeline.sinks.iter().enumerate() {
             let sink = sink_config
-                .build(sink_name, &metrics)
+                .build(name, sink_name, &metrics)
                 .await
                 .map_err(|source| StartError::Sink {
                     pipeline: name.clone(),
@@ -275,7 +194,10 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             writer.run().instrument(span),
         );
         let span = info_span!("pipeline", pipeline = %name);
+        let (stages_tx, stages_rx) = watch::channel(reload::stage_configs(pipeline));
         let task = pipeline::Pipeline {
+            name: name.clone(),
+            stages: stages_rx,
             input: logged_rx,
             sinks: sink_txs,
             assemble: pipeline.assemble.clone(),
@@ -294,19 +216,19 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             },
         };
         spawn_tracked(&mut pipelines, &failed, label, task.run().instrument(span));
-        for receiver in &pipeline.receivers {
-            routes
-                .entry(receiver.value.clone())
-                .or_default()
-                .push(Route {
-                    tx: append_tx.clone(),
-                    admission_timeout: pipeline.queue.admission_timeout.0,
-                });
-        }
+        inputs.insert(
+            name.clone(),
+            PipelineInput {
+                tx: append_tx,
+                admission_timeout: pipeline.queue.admission_timeout.0,
+            },
+        );
+        stage_senders.insert(name.clone(), stages_tx);
     }
-    let router = Arc::new(Router {
-        routes: RwLock::new(Some(Arc::new(routes))),
-    });
+    let router = Arc::new(Router::new(
+        Routes::new(config, &inputs),
+        Arc::clone(&metrics),
+    ));
     let stop_receivers = CancellationToken::new();
     let mut receivers = JoinSet::new();
     let mut addresses = Addresses::default();
@@ -387,6 +309,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
         admin,
         trackers,
         shutdown_timeout: config.shutdown_timeout.0,
+        reload: reload::Reloader::new(config, inputs, stage_senders),
     })
 }
 
@@ -419,6 +342,17 @@ fn spawn_tracked<F>(
 }
 
 impl Running {
+    /// Applies a changed pipeline file: new stages, `select` and pipeline receivers take effect
+    /// for traces released (and batches accepted) from now on. Anything else that changed needs
+    /// a restart: then nothing is applied and the error says what.
+    ///
+    /// # Errors
+    ///
+    /// The sections that differ and cannot change while running.
+    pub fn reload(&mut self, config: &Config) -> Result<(), String> {
+        self.reload.apply(config, &self.router)
+    }
+
     /// Resolves when a component has failed; the caller should then shut down.
     pub async fn failed(&self) {
         self.failed.cancelled().await;

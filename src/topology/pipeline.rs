@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::queue::{QueueRx, QueueTx};
+use super::reload::StageConfigs;
 use super::{on_blocking_thread, sleep_until};
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
@@ -24,6 +25,7 @@ use crate::log::{Fsync, Replay, SinkMask, Tracker, record};
 use crate::mlflow;
 use crate::model::AssembledTrace;
 use crate::sink::SinkInput;
+use crate::stages::Chain;
 use crate::telemetry::metrics::{AssemblerMetrics, LogMetrics, Metrics};
 
 /// Metadata key of the revision number on every released trace.
@@ -42,6 +44,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Everything a pipeline task needs.
 pub struct Pipeline {
+    /// The pipeline's name, for metrics.
+    pub name: String,
+    /// The stages; a reload sends new ones.
+    pub stages: watch::Receiver<StageConfigs>,
     /// Logged batches, in log order.
     pub input: QueueRx<Logged>,
     /// Each sink's name and queue.
@@ -158,7 +164,8 @@ impl Pipeline {
     /// When a sink stopped while the pipeline was running, or the log cannot be read.
     pub async fn run(mut self) -> Result<(), String> {
         let mut assembler = Assembler::new(self.assemble.clone());
-        let mut next = self.replay(&mut assembler).await?;
+        let mut chain = self.chain();
+        let mut next = self.replay(&mut assembler, &mut chain).await?;
         let mut released = Vec::new();
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         loop {
@@ -186,20 +193,45 @@ impl Pipeline {
             }
             self.relieve_log(&mut assembler, &mut released);
             turn.note(&mut assembler, &mut released, next);
-            self.finish(turn, &assembler, next).await?;
+            if self.stages.has_changed().unwrap_or(false) {
+                chain = self.chain();
+                info!(stages = chain.len(), "stages reloaded");
+            }
+            self.finish(turn, &assembler, &mut chain, next).await?;
         }
         let mut turn = Turn::default();
         assembler.drain(Instant::now(), &mut released);
         self.assembler_metrics.observe(&assembler, &released);
         turn.note(&mut assembler, &mut released, next);
-        self.finish(turn, &assembler, next).await?;
+        self.finish(turn, &assembler, &mut chain, next).await?;
         self.checkpoint().await;
         Ok(())
     }
 
-    /// Journals the turn's decisions, registers its revisions with the tracker, and hands them
-    /// to the sinks.
-    async fn finish(&mut self, turn: Turn, assembler: &Assembler, next: u64) -> Result<(), String> {
+    /// The stages as last configured.
+    fn chain(&mut self) -> Chain {
+        let configs = self.stages.borrow_and_update().to_vec();
+        Chain::new(&self.name, configs, &self.metrics)
+    }
+
+    /// Builds the MLflow trace of a released revision and runs the stages; `None` when a stage
+    /// dropped it.
+    fn prepare(&self, release: Release, position: u64, chain: &mut Chain) -> Option<SinkInput> {
+        let mut assembled = normalize(release, &self.mlflow, &self.metrics);
+        assembled.position = position;
+        chain.run(&mut assembled).then(|| Arc::new(assembled))
+    }
+
+    /// Journals the turn's decisions, runs the stages on its revisions, registers those kept
+    /// with the tracker, and hands them to the sinks. A dropped revision is never registered,
+    /// so the log does not wait for it.
+    async fn finish(
+        &mut self,
+        turn: Turn,
+        assembler: &Assembler,
+        chain: &mut Chain,
+        next: u64,
+    ) -> Result<(), String> {
         let floor = assembler.first_position().unwrap_or(next).min(next);
         if turn.decisions.is_empty() {
             self.log.tracker.hold(floor, &[]);
@@ -213,15 +245,19 @@ impl Pipeline {
             .filter(|(d, _)| matches!(d.kind, Kind::Release { .. }))
             .map(|(_, p)| p);
         let all = self.all_sinks();
-        let releases: Vec<(Release, u64)> =
-            turn.releases.into_iter().zip(release_positions).collect();
-        let held: Vec<_> = releases
+        let kept: Vec<SinkInput> = turn
+            .releases
+            .into_iter()
+            .zip(release_positions)
+            .filter_map(|(r, p)| self.prepare(r, p, chain))
+            .collect();
+        let held: Vec<_> = kept
             .iter()
-            .map(|(r, p)| (*p, r.first_position, all))
+            .map(|t| (t.position, t.release.first_position, all))
             .collect();
         self.log.tracker.hold(floor, &held);
-        for (release, position) in releases {
-            self.deliver(release, position, all).await?;
+        for trace in kept {
+            self.deliver(trace, all).await?;
         }
         Ok(())
     }
@@ -251,15 +287,8 @@ impl Pipeline {
         }
     }
 
-    async fn deliver(
-        &self,
-        release: Release,
-        position: u64,
-        sinks: SinkMask,
-    ) -> Result<(), String> {
-        let mut assembled = normalize(release, &self.mlflow, &self.metrics);
-        assembled.position = position;
-        let assembled = Arc::new(assembled);
+    /// Hands `assembled` to the sinks in `sinks`, waiting for room in each queue.
+    async fn deliver(&self, assembled: SinkInput, sinks: SinkMask) -> Result<(), String> {
         for (i, (name, tx)) in self.sinks.iter().enumerate() {
             if sinks & (1 << i) == 0 {
                 continue;
@@ -327,7 +356,11 @@ impl Pipeline {
 
     /// Rebuilds the assembler from the log and re-sends unfinished revisions to the sinks that
     /// lack them. Returns the position after the last record.
-    async fn replay(&mut self, assembler: &mut Assembler) -> Result<u64, String> {
+    async fn replay(
+        &mut self,
+        assembler: &mut Assembler,
+        chain: &mut Chain,
+    ) -> Result<u64, String> {
         let Some(mut replay) = self.log.replay.take() else {
             return Ok(0);
         };
@@ -340,7 +373,7 @@ impl Pipeline {
         {
             for (position, payload) in segment {
                 let due = replay.due(Some(position));
-                self.apply(assembler, &replay, due).await?;
+                self.apply(assembler, &replay, due, chain).await?;
                 match record::decode(&payload) {
                     Ok(batch) => {
                         spans += batch.traces.iter().map(|t| t.span_count()).sum::<usize>();
@@ -354,7 +387,7 @@ impl Pipeline {
             }
         }
         let due = replay.due(None);
-        self.apply(assembler, &replay, due).await?;
+        self.apply(assembler, &replay, due, chain).await?;
         self.log.metrics.replayed.inc_by(records);
         if records > 0 {
             let secs = started.elapsed().as_secs_f64();
@@ -376,6 +409,7 @@ impl Pipeline {
         assembler: &mut Assembler,
         replay: &Replay,
         due: Vec<(u64, Decision)>,
+        chain: &mut Chain,
     ) -> Result<(), String> {
         for (position, decision) in due {
             let (revision, reason) = match decision.kind {
@@ -391,11 +425,15 @@ impl Pipeline {
                 continue;
             };
             let missing = replay.missing(position) & self.all_sinks();
-            if missing != 0 {
+            if missing == 0 {
+                continue;
+            }
+            let first = release.first_position;
+            if let Some(trace) = self.prepare(release, position, chain) {
                 self.log
                     .tracker
-                    .hold(replay.from, &[(position, release.first_position, missing)]);
-                self.deliver(release, position, missing).await?;
+                    .hold(replay.from, &[(position, first, missing)]);
+                self.deliver(trace, missing).await?;
             }
         }
         Ok(())

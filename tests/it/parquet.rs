@@ -169,7 +169,9 @@ fn revisions() -> Vec<Arc<AssembledTrace>> {
 async fn write(lake: &Path, traces: &[Arc<AssembledTrace>]) {
     let yaml = format!("path: \"{}\"\nmax_file_age: 1h", lake.display());
     let config: ParquetConfig = serde_saphyr::from_str(&yaml).unwrap();
-    let sink = config.build("lake", Metrics::new().sink("lake")).unwrap();
+    let sink = config
+        .build("lake", Metrics::new().sink("test", "lake"))
+        .unwrap();
     let (tx, rx) = bounded(1 << 30, QueueGauges::default());
     for t in traces {
         tx.send(Arc::clone(t), t.bytes).await.unwrap();

@@ -87,7 +87,7 @@ impl Message {
                 "experiment_id",
                 info.trace_location.mlflow_experiment.experiment_id.clone(),
             ),
-            ("span_count", trace.release.span_count().to_string()),
+            ("span_count", trace.span_count().to_string()),
             ("partial", trace.release.partial().to_string()),
         ];
         let overhead = RECORD_OVERHEAD

@@ -396,7 +396,7 @@ impl KafkaSink {
             self.metrics.split.inc();
         }
         let parts = message.parts.len();
-        let spans = trace.release.span_count();
+        let spans = trace.span_count();
         let id = self
             .in_flight
             .insert(Arc::new(message), spans, Destination::Topic);

@@ -1,7 +1,6 @@
 //! Assembled traces as Arrow record batches: one row per revision in `traces`, one row per span
 //! in `spans`. Columns are appended trace by trace; [`Rows::finish`] hands out both batches.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -235,7 +234,7 @@ impl Rows {
 
     /// Appends one trace revision and its spans.
     pub fn push(&mut self, assembled: &AssembledTrace) {
-        let services = Services::of(assembled);
+        let services = assembled.services();
         let trace = &assembled.trace;
         let info = &trace.info;
         let revision = i32::try_from(assembled.release.revision).unwrap_or(i32::MAX);
@@ -335,38 +334,6 @@ impl Rows {
         let traces = RecordBatch::try_new(Arc::clone(&TRACES), columns)
             .expect("trace columns match the traces schema");
         (traces, self.spans.finish())
-    }
-}
-
-/// The `service.name` of each span's resource: distinct names, and each span's index into them.
-struct Services {
-    names: Vec<String>,
-    by_span: HashMap<SpanId, usize>,
-}
-
-impl Services {
-    fn of(assembled: &AssembledTrace) -> Self {
-        let mut names: Vec<String> = Vec::new();
-        let mut by_span = HashMap::new();
-        for group in &assembled.groups {
-            let Some(service) = group.origin.resource_str("service.name") else {
-                continue;
-            };
-            let index = names.iter().position(|n| *n == service).unwrap_or_else(|| {
-                names.push(service);
-                names.len() - 1
-            });
-            for span in &group.spans {
-                if let Some(id) = SpanId::from_slice(&span.span_id) {
-                    by_span.insert(id, index);
-                }
-            }
-        }
-        Self { names, by_span }
-    }
-
-    fn of_span(&self, id: &SpanId) -> Option<&str> {
-        self.by_span.get(id).map(|&i| &self.names[i][..])
     }
 }
 
