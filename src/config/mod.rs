@@ -360,10 +360,11 @@ impl PipelineConfig {
 fn syntax_problem(path: &str, e: &serde_saphyr::Error) -> Problem {
     Problem {
         position: e.location().map(|l| (l.line(), l.column())),
+        // `Spanned` fields show up as `.value` in the path; users never write it.
         path: if path == "." {
             String::new()
         } else {
-            path.to_string()
+            path.replace(".value.", ".").trim_end_matches(".value").to_string()
         },
         message: plain_message(e),
     }
@@ -400,7 +401,10 @@ fn suggest_for(message: &str) -> String {
     let Some((unknown, expected)) = rest.split_once('`') else {
         return String::new();
     };
-    let names = expected.split('`').skip(1).step_by(2);
+    let Some(expected) = expected.split_once("expected one of ").map(|(_, e)| e) else {
+        return String::new();
+    };
+    let names = expected.split(", ").map(|n| n.trim_matches('`'));
     did_you_mean(unknown, names)
 }
 
@@ -424,5 +428,93 @@ mod tests {
     fn the_embedded_default_is_valid() {
         let config = Config::parse(DEFAULT_PIPELINE, DEFAULT_PIPELINE_NAME).unwrap();
         assert!(config.pipelines.contains_key("default"));
+    }
+}
+
+#[cfg(test)]
+mod broken_files {
+    use super::*;
+
+    const BASE: &str = "receivers:
+  otlp:
+    type: otlp
+    grpc: {endpoint: 127.0.0.1:0}
+pipelines:
+  main:
+    receivers: [otlp]
+";
+
+    /// Parses BASE followed by `tail` and returns the rendered error.
+    fn error(tail: &str) -> String {
+        let text = format!("{BASE}{tail}");
+        Config::parse(&text, "broken.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_broken_file_names_file_line_field_and_reason() {
+        let sinks = "    sinks:\n      out: {type: discard}\n";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                format!("    stages:\n      - type: fitler\n        drop_spans: []\n{sinks}"),
+                "broken.yaml:9:",
+            ),
+            (
+                format!("    stages:\n      - type: sample\n        rate: often\n{sinks}"),
+                "broken.yaml:10:",
+            ),
+            (
+                format!("    stages:\n      - type: filter\n        keep_trace: [{{}}]\n{sinks}"),
+                "broken.yaml:10:",
+            ),
+            (
+                "    sinks:\n      out: {type: kafak}\n".to_string(),
+                "broken.yaml:9:",
+            ),
+            (
+                format!("    assemble:\n      idle_timeout: 5 parsecs\n{sinks}"),
+                "broken.yaml:9:",
+            ),
+            (
+                format!("    recievers: [otlp]\n{sinks}"),
+                "broken.yaml:8:",
+            ),
+            (
+                format!("    stages:\n      - type: sample\n        rate: 2\n{sinks}"),
+                "broken.yaml:9:",
+            ),
+        ];
+        let expected = [
+            "pipelines.main.stages[0]: unknown variant `fitler`, expected one of filter, sample, redact, enrich; did you mean `filter`?",
+            "rate",
+            "unknown field `keep_trace`",
+            "did you mean `kafka`?",
+            "\"5 parsecs\" is not a duration",
+            "did you mean `receivers`?",
+            "pipelines.main.stages[0]: sample: rate 2 is not between 0 and 1",
+        ];
+        for ((tail, position), want) in cases.iter().zip(expected) {
+            let got = error(tail);
+            assert!(got.starts_with(position), "{got:?} should start with {position}");
+            assert!(got.contains(want), "{got:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_environment_variable_is_named_with_its_line() {
+        let got = error("    sinks:\n      out: {type: debug, path: \"${TRACELOOM_SURELY_UNSET}\"}\n");
+        assert!(got.starts_with("broken.yaml:9:"), "{got}");
+        assert!(got.contains("TRACELOOM_SURELY_UNSET"), "{got}");
+    }
+
+    #[test]
+    fn an_unknown_receiver_suggests_the_nearest_and_every_problem_is_listed() {
+        let text = BASE.replace("receivers: [otlp]", "receivers: [oltp]")
+            + "    select: []\n    stages:\n      - type: enrich\n    sinks: {out: {type: discard}}\n";
+        let got = Config::parse(&text, "broken.yaml").unwrap_err();
+        let rendered = got.to_string();
+        assert_eq!(got.problems.len(), 3, "{rendered}");
+        assert!(rendered.contains("unknown receiver \"oltp\"; defined receivers: otlp; did you mean `otlp`?"), "{rendered}");
+        assert!(rendered.contains("broken.yaml:8:13: pipelines.main.select: an empty `select`"), "{rendered}");
+        assert!(rendered.contains("pipelines.main.stages[0]: enrich: nothing to add"), "{rendered}");
     }
 }
