@@ -364,7 +364,9 @@ fn syntax_problem(path: &str, e: &serde_saphyr::Error) -> Problem {
         path: if path == "." {
             String::new()
         } else {
-            path.replace(".value.", ".").trim_end_matches(".value").to_string()
+            path.replace(".value.", ".")
+                .trim_end_matches(".value")
+                .to_string()
         },
         message: plain_message(e),
     }
@@ -474,10 +476,7 @@ pipelines:
                 format!("    assemble:\n      idle_timeout: 5 parsecs\n{sinks}"),
                 "broken.yaml:9:",
             ),
-            (
-                format!("    recievers: [otlp]\n{sinks}"),
-                "broken.yaml:8:",
-            ),
+            (format!("    recievers: [otlp]\n{sinks}"), "broken.yaml:8:"),
             (
                 format!("    stages:\n      - type: sample\n        rate: 2\n{sinks}"),
                 "broken.yaml:9:",
@@ -494,14 +493,18 @@ pipelines:
         ];
         for ((tail, position), want) in cases.iter().zip(expected) {
             let got = error(tail);
-            assert!(got.starts_with(position), "{got:?} should start with {position}");
+            assert!(
+                got.starts_with(position),
+                "{got:?} should start with {position}"
+            );
             assert!(got.contains(want), "{got:?} should contain {want:?}");
         }
     }
 
     #[test]
     fn a_missing_environment_variable_is_named_with_its_line() {
-        let got = error("    sinks:\n      out: {type: debug, path: \"${TRACELOOM_SURELY_UNSET}\"}\n");
+        let got =
+            error("    sinks:\n      out: {type: debug, path: \"${TRACELOOM_SURELY_UNSET}\"}\n");
         assert!(got.starts_with("broken.yaml:9:"), "{got}");
         assert!(got.contains("TRACELOOM_SURELY_UNSET"), "{got}");
     }
@@ -513,8 +516,19 @@ pipelines:
         let got = Config::parse(&text, "broken.yaml").unwrap_err();
         let rendered = got.to_string();
         assert_eq!(got.problems.len(), 3, "{rendered}");
-        assert!(rendered.contains("unknown receiver \"oltp\"; defined receivers: otlp; did you mean `otlp`?"), "{rendered}");
-        assert!(rendered.contains("broken.yaml:8:13: pipelines.main.select: an empty `select`"), "{rendered}");
-        assert!(rendered.contains("pipelines.main.stages[0]: enrich: nothing to add"), "{rendered}");
+        assert!(
+            rendered.contains(
+                "unknown receiver \"oltp\"; defined receivers: otlp; did you mean `otlp`?"
+            ),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("broken.yaml:8:13: pipelines.main.select: an empty `select`"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("pipelines.main.stages[0]: enrich: nothing to add"),
+            "{rendered}"
+        );
     }
 }

@@ -212,7 +212,10 @@ impl Redactor {
     pub fn new(config: RedactConfig) -> Self {
         Self {
             rules: config.rules.into_iter().map(Rule::new).collect(),
-            salt: config.salt.map(String::into_bytes),
+            salt: config
+                .salt
+                .filter(|s| !s.is_empty())
+                .map(String::into_bytes),
         }
     }
 

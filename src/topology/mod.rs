@@ -371,6 +371,7 @@ impl Running {
         self.stop_receivers.cancel();
         problems.extend(join_until(&mut self.receivers, deadline).await);
         self.router.close();
+        self.reload.close();
         problems.extend(join_until(&mut self.pipelines, deadline).await);
         for tracker in &self.trackers {
             if let Err(e) = tracker.checkpoint() {

@@ -46,6 +46,11 @@ impl Reloader {
         }
     }
 
+    /// Lets go of the pipelines' inputs, so that they close when the router lets go too.
+    pub fn close(&mut self) {
+        self.inputs.clear();
+    }
+
     /// Applies `config`, or refuses it whole when a section that needs a restart changed.
     ///
     /// # Errors

@@ -7,6 +7,7 @@
 //!   - service: "checkout-*"                # resource service.name
 //!     resource: {deployment.environment: prod}
 //!   - attributes: {tenant: acme}           # any span's attribute
+//!   - not: [{experiment: "12"}]            # every trace the entries listed do not select
 //! ```
 //!
 //! Selection happens before the ingest log, per trace and request: the spans of one trace that
@@ -48,14 +49,17 @@ pub struct Selector {
     /// Span attributes, each present on one span with a matching value.
     #[serde(default)]
     pub attributes: BTreeMap<String, Pattern>,
+    /// None of these selectors matches (e.g. every experiment but those other pipelines take).
+    pub not: Option<Select>,
 }
 
 impl Select {
     /// Whether the pipeline takes `trace`, which came with `meta`.
     pub fn takes(&self, meta: &ReceiveMeta, trace: &TraceSpans) -> bool {
-        self.0
-            .iter()
-            .any(|s| trace.groups.iter().any(|g| s.matches(meta, g)))
+        self.0.iter().any(|s| {
+            trace.groups.iter().any(|g| s.matches(meta, g))
+                && s.not.as_ref().is_none_or(|n| !n.takes(meta, trace))
+        })
     }
 
     /// Problems the types cannot express.
@@ -163,6 +167,16 @@ mod tests {
             select("[{attributes: {テナント: \"*\"}}]")
                 .takes(&m, &trace("s", &[], &[("テナント", "東京")]))
         );
+    }
+
+    #[test]
+    fn not_takes_what_its_entries_do_not() {
+        let s = select("[{not: [{experiment: \"1\"}, {experiment: \"2\"}]}]");
+        let t = trace("svc", &[], &[]);
+        assert!(!s.takes(&meta(Some("1")), &t));
+        assert!(!s.takes(&meta(Some("2")), &t));
+        assert!(s.takes(&meta(Some("3")), &t));
+        assert!(s.takes(&meta(None), &t));
     }
 
     #[test]

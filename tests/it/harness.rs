@@ -71,6 +71,10 @@ pub struct Settings {
     pub log_max_bytes: &'static str,
     /// The ingest log's `segment_size`.
     pub log_segment_size: &'static str,
+    /// The assembler's late-span window.
+    pub late_span_window: &'static str,
+    /// The pipeline's `stages:`, as a YAML flow list.
+    pub stages: &'static str,
 }
 
 impl Default for Settings {
@@ -93,6 +97,8 @@ impl Default for Settings {
             fsync: "always",
             log_max_bytes: "1GiB",
             log_segment_size: "64MiB",
+            late_span_window: "5m",
+            stages: "[]",
         }
     }
 }
@@ -127,8 +133,10 @@ pipelines:
       idle_timeout: {idle}
       max_trace_age: {max_age}
       max_in_flight_bytes: {in_flight}
+      late_span_window: {late}
     mlflow:
       default_experiment: "{experiment}"
+    stages: {stages}
     sinks:
       out:
         type: debug
@@ -145,6 +153,8 @@ shutdown_timeout: 20s
         fsync = s.fsync,
         log_max = s.log_max_bytes,
         segment = s.log_segment_size,
+        stages = s.stages,
+        late = s.late_span_window,
         format = s.format,
         experiment = s.default_experiment,
         extra = s.extra_sinks,

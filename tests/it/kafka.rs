@@ -28,8 +28,8 @@ async fn collector(broker: &str, topic: &str, more: &str) -> Collector {
 }
 
 /// Waits until the Kafka sink reports `traces` revisions acknowledged.
-async fn delivered(c: &Collector, traces: usize) {
-    let series = "traceloom_sink_written_traces_total{sink=\"kafka\"}";
+pub(crate) async fn delivered(c: &Collector, traces: usize) {
+    let series = "traceloom_sink_written_traces_total{pipeline=\"main\",sink=\"kafka\"}";
     let mut text = String::new();
     for _ in 0..(WAIT.as_millis() / 100) {
         text = c.metrics().await;
@@ -268,7 +268,7 @@ async fn an_oversized_trace_arrives_in_parts_that_reassemble() {
     assert_eq!(
         metric(
             &metrics,
-            "traceloom_kafka_split_traces_total{sink=\"kafka\"}"
+            "traceloom_kafka_split_traces_total{pipeline=\"main\",sink=\"kafka\"}"
         ),
         Some(1.0)
     );
@@ -277,7 +277,7 @@ async fn an_oversized_trace_arrives_in_parts_that_reassemble() {
 
 /// Posts `bodies` over OTLP/HTTP, retrying each refused one; returns how many refusals (503 or
 /// 429) the receivers answered.
-async fn post_with_retries(url: String, bodies: Vec<Vec<u8>>) -> usize {
+pub(crate) async fn post_with_retries(url: String, bodies: Vec<Vec<u8>>) -> usize {
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let mut refusals = 0;
@@ -307,7 +307,7 @@ async fn post_with_retries(url: String, bodies: Vec<Vec<u8>>) -> usize {
 }
 
 /// Requests of 4 traces × 4 spans with ~2 KiB attributes each, and the MLflow ids they hold.
-fn batches(seed: u64, requests: u64) -> (Vec<Vec<u8>>, BTreeSet<String>) {
+pub(crate) fn batches(seed: u64, requests: u64) -> (Vec<Vec<u8>>, BTreeSet<String>) {
     let mut ids = BTreeSet::new();
     let bodies = (0..requests)
         .map(|i| {
@@ -386,7 +386,11 @@ async fn a_broker_killed_mid_stream_and_restarted_gets_every_accepted_trace() {
         records.len() - after_ids.len()
     );
     let metrics = c.metrics().await;
-    let failed = metric(&metrics, "traceloom_sink_errors_total{sink=\"kafka\"}").unwrap();
+    let failed = metric(
+        &metrics,
+        "traceloom_sink_errors_total{pipeline=\"main\",sink=\"kafka\"}",
+    )
+    .unwrap();
     assert!(
         failed > 0.0,
         "deliveries failed while the broker was down, and were retried"
@@ -438,7 +442,7 @@ async fn refused_traces_go_to_the_dead_letter_file() {
     assert_eq!(
         metric(
             &metrics,
-            "traceloom_kafka_dead_lettered_traces_total{sink=\"kafka\"}"
+            "traceloom_kafka_dead_lettered_traces_total{pipeline=\"main\",sink=\"kafka\"}"
         ),
         Some(ids.len() as f64)
     );

@@ -85,7 +85,7 @@ async fn duckdb_pyarrow_and_mlflow_read_the_dataset() {
     assert!(
         metric(
             &metrics,
-            "traceloom_sink_files_published_total{sink=\"lake\"}"
+            "traceloom_sink_files_published_total{pipeline=\"main\",sink=\"lake\"}"
         )
         .unwrap()
             >= 1.0
@@ -287,7 +287,7 @@ async fn post_until_refused(c: &Collector, seed: &mut u64) -> usize {
 }
 
 async fn wait_for_errors(c: &Collector, above: f64) -> f64 {
-    let series = "traceloom_sink_errors_total{sink=\"lake\"}";
+    let series = "traceloom_sink_errors_total{pipeline=\"main\",sink=\"lake\"}";
     let mut errors = 0.0;
     for _ in 0..200 {
         errors = metric(&c.metrics().await, series).unwrap_or(0.0);

@@ -2,7 +2,8 @@
 
 Usage: lake_check.py LAKE_DIR
 Prints one JSON object: row counts, column types as each engine sees them, a traces x spans join,
-how many `trace_json` values MLflow's `Trace.from_json` loads, and a summary per trace.
+how many `trace_json` values MLflow's `Trace.from_json` loads, and a summary per trace (with its
+JSON and the text of its span rows).
 """
 
 import json
@@ -58,6 +59,16 @@ def main(lake):
                     [trace_id, revision],
                 ).fetchall()
             ),
+            "experiment_id": trace.info.experiment_id,
+            "tags": dict(trace.info.tags),
+            "trace_json": trace_json,
+            # Every text value of the trace's rows in `spans`, to check what a stage removed.
+            "span_text": con.execute(
+                "SELECT string_agg(coalesce(inputs, '') || coalesce(outputs, '') || "
+                "CAST(attributes AS VARCHAR) || CAST(events AS VARCHAR), '|') "
+                "FROM spans WHERE trace_id = ? AND revision = ?",
+                [trace_id, revision],
+            ).fetchone()[0],
         }
     out["from_json"] = loaded
     arrow = {}
