@@ -72,14 +72,14 @@ impl Tracker {
     /// deliver to)` and the assembler's new floor, in one step so no floor in between is seen.
     pub fn hold(&self, assembler_floor: u64, releases: &[(u64, u64, SinkMask)]) {
         let mut inner = self.lock();
-        let now = Instant::now();
-        for &(release, first, sinks) in releases {
-            if sinks != 0 {
-                inner.pending.insert(release, (first, sinks, now));
-                inner.by_first.insert((first, release));
-            }
-        }
+        inner.add(releases);
         inner.assembler_floor = assembler_floor;
+    }
+
+    /// Registers released revisions, leaving the assembler's floor where it is (it may only
+    /// move once every revision released since has been registered).
+    pub fn add(&self, releases: &[(u64, u64, SinkMask)]) {
+        self.lock().add(releases);
     }
 
     /// Sink `sink` made `releases` durable.
@@ -143,6 +143,16 @@ impl Tracker {
 }
 
 impl Inner {
+    fn add(&mut self, releases: &[(u64, u64, SinkMask)]) {
+        let now = Instant::now();
+        for &(release, first, sinks) in releases {
+            if sinks != 0 {
+                self.pending.insert(release, (first, sinks, now));
+                self.by_first.insert((first, release));
+            }
+        }
+    }
+
     fn floor(&self) -> u64 {
         self.by_first
             .first()

@@ -160,7 +160,7 @@ impl Chain {
             let verdict = stage.apply(trace, now, m);
             m.seconds.observe(started.elapsed().as_secs_f64());
             if let Verdict::Drop(reason) = verdict {
-                m.dropped(reason);
+                m.dropped(reason, trace.span_count());
                 return false;
             }
         }

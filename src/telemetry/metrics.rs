@@ -839,6 +839,7 @@ mod tests {
 struct StageFamilies {
     traces_in: Family<StageLabel, Counter>,
     dropped: Family<StageDropLabels, Counter>,
+    dropped_spans: Family<StageLabel, Counter>,
     spans_removed: Family<StageLabel, Counter>,
     values_redacted: Family<StageLabel, Counter>,
     seconds: Family<StageLabel, Histogram>,
@@ -849,6 +850,7 @@ impl Default for StageFamilies {
         Self {
             traces_in: Family::default(),
             dropped: Family::default(),
+            dropped_spans: Family::default(),
             spans_removed: Family::default(),
             values_redacted: Family::default(),
             // 1 µs to ~33 ms per trace.
@@ -871,6 +873,11 @@ impl StageFamilies {
                 "stage_spans_removed",
                 "Spans a filter stage removed from kept traces",
                 &self.spans_removed,
+            ),
+            (
+                "stage_dropped_spans",
+                "Spans of the trace revisions the stage dropped",
+                &self.dropped_spans,
             ),
             (
                 "stage_values_redacted",
@@ -904,6 +911,7 @@ impl Metrics {
         StageMetrics {
             traces_in: f.traces_in.get_or_create(&label).clone(),
             spans_removed: f.spans_removed.get_or_create(&label).clone(),
+            dropped_spans: f.dropped_spans.get_or_create(&label).clone(),
             values_redacted: f.values_redacted.get_or_create(&label).clone(),
             seconds: f.seconds.get_or_create(&label).clone(),
             dropped: f.dropped.clone(),
@@ -936,6 +944,8 @@ pub struct StageMetrics {
     pub traces_in: Counter,
     /// Spans removed by a filter.
     pub spans_removed: Counter,
+    /// Spans of dropped revisions.
+    pub dropped_spans: Counter,
     /// Values redacted.
     pub values_redacted: Counter,
     /// Time per revision.
@@ -944,8 +954,9 @@ pub struct StageMetrics {
 }
 
 impl StageMetrics {
-    /// Counts one revision dropped for `reason`.
-    pub fn dropped(&self, reason: &'static str) {
+    /// Counts one revision of `spans` spans dropped for `reason`.
+    pub fn dropped(&self, reason: &'static str, spans: usize) {
+        self.dropped_spans.inc_by(spans as u64);
         self.dropped
             .get_or_create(&StageDropLabels {
                 pipeline: self.label.pipeline.clone(),

@@ -244,21 +244,18 @@ impl Pipeline {
             .zip(positions)
             .filter(|(d, _)| matches!(d.kind, Kind::Release { .. }))
             .map(|(_, p)| p);
+        // One revision at a time, so the sinks work while the next one is built; each is
+        // registered before a sink can report it durable, and the assembler's floor moves only
+        // after the last.
         let all = self.all_sinks();
-        let kept: Vec<SinkInput> = turn
-            .releases
-            .into_iter()
-            .zip(release_positions)
-            .filter_map(|(r, p)| self.prepare(r, p, chain))
-            .collect();
-        let held: Vec<_> = kept
-            .iter()
-            .map(|t| (t.position, t.release.first_position, all))
-            .collect();
-        self.log.tracker.hold(floor, &held);
-        for trace in kept {
-            self.deliver(trace, all).await?;
+        for (release, position) in turn.releases.into_iter().zip(release_positions) {
+            let first = release.first_position;
+            if let Some(trace) = self.prepare(release, position, chain) {
+                self.log.tracker.add(&[(position, first, all)]);
+                self.deliver(trace, all).await?;
+            }
         }
+        self.log.tracker.hold(floor, &[]);
         Ok(())
     }
 
@@ -430,9 +427,7 @@ impl Pipeline {
             }
             let first = release.first_position;
             if let Some(trace) = self.prepare(release, position, chain) {
-                self.log
-                    .tracker
-                    .hold(replay.from, &[(position, first, missing)]);
+                self.log.tracker.add(&[(position, first, missing)]);
                 self.deliver(trace, missing).await?;
             }
         }

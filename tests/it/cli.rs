@@ -21,11 +21,11 @@ const GOOD_HEAD: &str = "receivers:\n  otlp:\n    type: otlp\n    grpc: {}\n";
 const BROKEN: &[(&str, &str)] = &[
     (
         "receivers:\n  otlp:\n    type: otlp\n    grpc:\n      endpont: 127.0.0.1:1\npipelines: {}\n",
-        "5:7: receivers.otlp.grpc.endpont: unknown field `endpont`, expected one of endpoint, max_message_size",
+        "5:7: receivers.otlp.grpc.endpont: unknown field `endpont`, expected one of endpoint, max_message_size; did you mean `endpoint`?",
     ),
     (
         "receivers:\n  otlp:\n    type: otlpx\npipelines: {}\n",
-        "3:5: receivers.otlp: unknown variant `otlpx`, expected one of otlp",
+        "3:5: receivers.otlp: unknown variant `otlpx`, expected one of otlp; did you mean `otlp`?",
     ),
     (
         "receivers:\n  otlp:\n    grpc: {}\n    type: otlp\npipelines: {}\n",
@@ -41,11 +41,11 @@ const BROKEN: &[(&str, &str)] = &[
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s:\n        type: kafak\n",
-        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard, kafka, parquet",
+        "6:9: pipelines.p.sinks.s: unknown variant `kafak`, expected one of debug, discard, kafka, parquet; did you mean `kafka`?",
     ),
     (
         "pipelines:\n  p:\n    receivers: [otlp]\n    sinks:\n      s: {type: debug, pth: x}\n",
-        "5:24: pipelines.p.sinks.s.pth: unknown field `pth`, expected one of path, format",
+        "5:24: pipelines.p.sinks.s.pth: unknown field `pth`, expected one of path, format; did you mean `path`?",
     ),
 ];
 

@@ -18,7 +18,7 @@ use traceloom::telemetry::metrics::Metrics;
 use traceloom::topology::{self, Running};
 
 use crate::broker::{Broker, consume};
-use crate::parquet::lake_check;
+use crate::mlflow_oracle::run_script_with;
 
 /// `pipelines/<file>` with ports 4317, 4318 and 8888 made ephemeral, `./data` under `dir`, and
 /// `more` replacements applied.
@@ -97,9 +97,14 @@ fn mlflow_id(hex: &str) -> String {
     format!("tr-{hex}")
 }
 
-/// The traces of a lake: MLflow id → its `lake_check` summary.
+/// The traces of a lake: MLflow id → its `lake_check.py --text` summary.
 fn lake(path: &Path) -> BTreeMap<String, Value> {
-    let found = lake_check(path);
+    let out = run_script_with(
+        "lake_check.py",
+        &[path.as_os_str(), "--text".as_ref()],
+        "lake_check failed",
+    );
+    let found: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         found["from_json"], found["traces"],
         "MLflow loads every row"

@@ -94,7 +94,10 @@ async fn health_and_metrics_are_served_on_the_admin_port() {
         Some(1.0)
     );
     assert_eq!(
-        metric(&m, r#"traceloom_sink_written_spans_total{sink="out"}"#),
+        metric(
+            &m,
+            r#"traceloom_sink_written_spans_total{pipeline="main",sink="out"}"#
+        ),
         Some(6.0)
     );
     assert_eq!(

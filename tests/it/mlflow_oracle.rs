@@ -279,10 +279,19 @@ fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
 /// Runs `tests/python/<script> <arg>` in the MLflow venv; fails with `what` and its output unless
 /// it exits 0. Returns its stdout.
 pub fn run_script(script: &str, arg: &std::path::Path, what: &str) -> String {
+    run_script_with(script, &[arg.as_os_str()], what)
+}
+
+/// [`run_script`] with several arguments.
+pub fn run_script_with(script: &str, args: &[&std::ffi::OsStr], what: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/python")
         .join(script);
-    let out = Command::new(python()).arg(path).arg(arg).output().unwrap();
+    let out = Command::new(python())
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

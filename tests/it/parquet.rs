@@ -409,7 +409,9 @@ async fn sigkill_while_publishing_leaves_only_whole_files() {
     let mut p = spawn(&config);
     assert_eq!(std::fs::read_dir(lake.join("_staging")).unwrap().count(), 0);
     terminate(&p.child);
-    assert!(p.child.wait().unwrap().success());
+    let status = p.child.wait().unwrap();
+    let log: Vec<String> = p.stderr.try_iter().collect();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
     let published = every_published_file_reads(&lake);
     assert!(
         published >= 2,

@@ -87,24 +87,9 @@ async fn a_filter_changed_under_load_applies_to_later_releases_and_loses_nothing
     // Load: one whole trace per request, colors in turn, for ~7 s.
     let sender = tokio::spawn(async move {
         let mut sent = BTreeMap::new();
-        let client = reqwest::Client::new();
         for n in 0..350u64 {
             let (id, body) = trace_body(n);
-            loop {
-                let status = client
-                    .post(&url)
-                    .header("content-type", "application/x-protobuf")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .unwrap()
-                    .status();
-                if status.is_success() {
-                    break;
-                }
-                assert_eq!(status.as_u16(), 503, "only overload may refuse");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            post_with_retries(url.clone(), vec![body]).await;
             sent.insert(id, COLORS[(n % 3) as usize]);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

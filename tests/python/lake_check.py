@@ -1,9 +1,9 @@
 """Reads a traceloom Parquet dataset as a lake would, with DuckDB, pyarrow and MLflow.
 
-Usage: lake_check.py LAKE_DIR
+Usage: lake_check.py LAKE_DIR [--text]
 Prints one JSON object: row counts, column types as each engine sees them, a traces x spans join,
-how many `trace_json` values MLflow's `Trace.from_json` loads, and a summary per trace (with its
-JSON and the text of its span rows).
+how many `trace_json` values MLflow's `Trace.from_json` loads, and a summary per trace (with
+`--text`, also its JSON and the text of its span rows).
 """
 
 import json
@@ -22,7 +22,7 @@ def duckdb_view(con, lake, table):
     return {name: kind for name, kind, *_ in con.execute(f"DESCRIBE {table}").fetchall()}
 
 
-def main(lake):
+def main(lake, text):
     con = duckdb.connect()
     out = {
         "duckdb_types": {
@@ -40,6 +40,16 @@ def main(lake):
         "SELECT trace_id, revision, span_count, services, state, tags['mlflow.traceName'], "
         "trace_json FROM traces"
     ).fetchall()
+    # One pass over `spans` for every trace: its span names, and every text value of its rows
+    # (to check what a stage removed).
+    per_trace = {
+        (trace_id, revision): (sorted(names), text)
+        for trace_id, revision, names, text in con.execute(
+            "SELECT trace_id, revision, list(name), string_agg(coalesce(inputs, '') || "
+            "coalesce(outputs, '') || CAST(attributes AS VARCHAR) || CAST(events AS VARCHAR), '|') "
+            "FROM spans GROUP BY trace_id, revision"
+        ).fetchall()
+    }
     out["by_trace"] = {}
     loaded = 0
     for trace_id, revision, span_count, services, state, name, trace_json in rows:
@@ -52,24 +62,15 @@ def main(lake):
             "services": list(services),
             "state": state,
             "name": name,
-            "span_names": sorted(
-                r[0]
-                for r in con.execute(
-                    "SELECT name FROM spans WHERE trace_id = ? AND revision = ?",
-                    [trace_id, revision],
-                ).fetchall()
-            ),
+            "span_names": per_trace.get((trace_id, revision), ([], ""))[0],
             "experiment_id": trace.info.experiment_id,
             "tags": dict(trace.info.tags),
-            "trace_json": trace_json,
-            # Every text value of the trace's rows in `spans`, to check what a stage removed.
-            "span_text": con.execute(
-                "SELECT string_agg(coalesce(inputs, '') || coalesce(outputs, '') || "
-                "CAST(attributes AS VARCHAR) || CAST(events AS VARCHAR), '|') "
-                "FROM spans WHERE trace_id = ? AND revision = ?",
-                [trace_id, revision],
-            ).fetchone()[0],
         }
+        if text:
+            out["by_trace"][f"{trace_id}@{revision}"].update(
+                trace_json=trace_json,
+                span_text=per_trace.get((trace_id, revision), ([], ""))[1],
+            )
     out["from_json"] = loaded
     arrow = {}
     for table in ("traces", "spans"):
@@ -80,4 +81,4 @@ def main(lake):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--text" in sys.argv[2:])
