@@ -9,8 +9,18 @@ use serde::{Deserialize, Deserializer, de};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pattern {
     compiled: glob::Pattern,
-    /// No wildcard: compared as plain text, which is faster.
-    literal: bool,
+    /// The common shapes, matched without the glob engine.
+    shape: Shape,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Shape {
+    /// No wildcard: the text itself.
+    Literal,
+    /// One trailing `*`: this prefix.
+    Prefix(String),
+    /// Anything else.
+    Glob,
 }
 
 const OPTIONS: glob::MatchOptions = glob::MatchOptions {
@@ -28,16 +38,21 @@ impl Pattern {
     pub fn new(text: &str) -> Result<Self, String> {
         let compiled = glob::Pattern::new(text)
             .map_err(|e| format!("{text:?} is not a valid pattern: {}", e.msg))?;
-        let literal = !text.contains(['*', '?', '[']);
-        Ok(Self { compiled, literal })
+        let wild = |t: &str| t.contains(['*', '?', '[']);
+        let shape = match text.strip_suffix('*') {
+            _ if !wild(text) => Shape::Literal,
+            Some(prefix) if !wild(prefix) => Shape::Prefix(prefix.to_string()),
+            _ => Shape::Glob,
+        };
+        Ok(Self { compiled, shape })
     }
 
     /// Whether `text` matches the whole pattern.
     pub fn matches(&self, text: &str) -> bool {
-        if self.literal {
-            self.compiled.as_str() == text
-        } else {
-            self.compiled.matches_with(text, OPTIONS)
+        match &self.shape {
+            Shape::Literal => self.compiled.as_str() == text,
+            Shape::Prefix(prefix) => text.starts_with(prefix.as_str()),
+            Shape::Glob => self.compiled.matches_with(text, OPTIONS),
         }
     }
 
@@ -71,6 +86,24 @@ mod tests {
         assert!(!p.matches("x.gen_ai.prompt.0"));
         assert!(Pattern::new("a?c").unwrap().matches("abc"));
         assert!(Pattern::new("*/health").unwrap().matches("GET /api/health"));
+    }
+
+    #[test]
+    fn prefixes_and_globs_agree_with_the_glob_engine() {
+        for (pattern, text) in [
+            ("gen_ai.*", "gen_ai."),
+            ("gen_ai.*", "gen_ai.x.y"),
+            ("gen_ai.*", "gen_ai"),
+            ("*", ""),
+            ("a*b", "axxb"),
+            ("a*b", "axxc"),
+        ] {
+            let fast = Pattern::new(pattern).unwrap().matches(text);
+            let slow = glob::Pattern::new(pattern)
+                .unwrap()
+                .matches_with(text, OPTIONS);
+            assert_eq!(fast, slow, "{pattern} ~ {text}");
+        }
     }
 
     #[test]

@@ -164,7 +164,8 @@ impl Conditions {
         }
     }
 
-    fn needs_services(&self) -> bool {
+    /// Whether a condition reads service names (which cost an index per trace).
+    pub fn needs_services(&self) -> bool {
         self.0.iter().any(Condition::needs_services)
     }
 
@@ -177,6 +178,12 @@ impl Conditions {
 /// Matches a stored (JSON-encoded) attribute value: strings as their text, anything else as
 /// its JSON.
 pub(crate) fn value_matches(pattern: &Pattern, stored: &str) -> bool {
+    // Most stored values are plain JSON strings: no need to parse them.
+    if let Some(inner) = stored.strip_prefix('"').and_then(|s| s.strip_suffix('"'))
+        && !inner.contains(['\\', '"'])
+    {
+        return pattern.matches(inner);
+    }
     match attributes::read(stored) {
         PyValue::Str(text) => pattern.matches(&text),
         _ => pattern.matches(stored),

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::Verdict;
 use super::condition::{Conditions, Subject};
-use crate::model::{AssembledTrace, SpanId};
+use crate::model::{AssembledTrace, Services, SpanId};
 
 /// `type: filter` settings; at least one rule must be given.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,7 +70,16 @@ impl FilterConfig {
     }
 
     fn filter_spans(&self, trace: &mut AssembledTrace) {
-        let services = trace.services();
+        let needs_services = self.drop_spans.needs_services()
+            || self
+                .keep_spans
+                .as_ref()
+                .is_some_and(Conditions::needs_services);
+        let services = if needs_services {
+            trace.services()
+        } else {
+            Services::default()
+        };
         let removed: HashSet<SpanId> = trace
             .trace
             .data

@@ -25,7 +25,10 @@
 //! still be joined and counted. Without a salt it is a plain SHA-256, which a dictionary of
 //! likely values (emails) can reverse. The previews are recomputed from the redacted root.
 
+use std::cell::RefCell;
+
 use hmac::{Hmac, Mac};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -198,7 +201,13 @@ impl Rule {
 pub struct Redactor {
     rules: Vec<Rule>,
     salt: Option<Vec<u8>>,
+    /// Attribute key → the index of the rule that acts on it: keys repeat from span to span,
+    /// and `inputs`/`outputs` stand for dozens of patterns.
+    decided: RefCell<FxHashMap<Box<str>, Option<usize>>>,
 }
+
+/// Most keys remembered in [`Redactor::decided`] before it starts over.
+const MAX_DECIDED: usize = 4096;
 
 /// What a rule makes of a value's text.
 enum Outcome {
@@ -216,6 +225,7 @@ impl Redactor {
                 .salt
                 .filter(|s| !s.is_empty())
                 .map(String::into_bytes),
+            decided: RefCell::default(),
         }
     }
 
@@ -234,17 +244,34 @@ impl Redactor {
     }
 
     fn rule(&self, key: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(key))
+        let mut decided = self.decided.borrow_mut();
+        let index = match decided.get(key) {
+            Some(index) => *index,
+            None => {
+                let index = self.rules.iter().position(|r| r.matches(key));
+                if decided.len() >= MAX_DECIDED {
+                    decided.clear();
+                }
+                decided.insert(key.into(), index);
+                index
+            }
+        };
+        index.map(|i| &self.rules[i])
     }
 
-    fn act(&self, rule: &Rule, text: &str) -> Outcome {
+    /// What `rule` makes of a value; its text is read only when the action needs it.
+    fn act(&self, rule: &Rule, text: impl FnOnce() -> String) -> Outcome {
         match rule.action {
             Action::Drop => Outcome::Drop,
-            Action::Hash => Outcome::Replace(self.hash(text)),
-            Action::Truncate if text.chars().count() > rule.max_chars => {
-                Outcome::Replace(truncate(text, rule.max_chars))
+            Action::Hash => Outcome::Replace(self.hash(&text())),
+            Action::Truncate => {
+                let text = text();
+                if text.chars().count() > rule.max_chars {
+                    Outcome::Replace(truncate(&text, rule.max_chars))
+                } else {
+                    Outcome::Keep
+                }
             }
-            Action::Truncate => Outcome::Keep,
         }
     }
 
@@ -270,7 +297,7 @@ impl Redactor {
         store: impl Fn(&mut V, String),
         changed: &mut usize,
     ) -> bool {
-        match self.act(rule, &text(value)) {
+        match self.act(rule, || text(value)) {
             Outcome::Keep => return true,
             Outcome::Drop => return false,
             Outcome::Replace(new) => store(value, new),
