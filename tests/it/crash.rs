@@ -352,25 +352,33 @@ async fn sigkill_under_load_loses_and_duplicates_no_acknowledged_span() {
 
     // Shutdown returned after every delivery report: the topic holds everything.
     let topic = topic_revisions(&broker.address());
+    if topic.repeated > 0 {
+        // Where the copies came from: the Kafka sink's warnings and its read-backs.
+        let stderr = process.stderr();
+        let lines = stderr
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("topic back"));
+        for line in lines.take(40) {
+            eprintln!("{line}");
+        }
+    }
     assert_eq!(
         missing(&acked, &topic.newest),
         0,
         "acknowledged spans missing from the topic"
     );
     assert_eq!(topic.newest.len(), TRACES);
-    // Replay never sends a revision the topic already holds (it reads the topic back), and
-    // never sends another revision under a number already used. A few identical copies can
-    // still appear (see the README's Kafka notes): consumers keep one per (trace, revision).
+    // Replay never sends a revision the topic already holds (it reads the topic back up to a
+    // fence), and never sends another revision under a number already used.
     assert_eq!(topic.divergent, 0, "two different revisions share a number");
-    assert!(
-        topic.repeated * 100 <= TRACES,
-        "{} revisions on the topic more than once",
-        topic.repeated
-    );
+    assert_eq!(topic.repeated, 0, "revisions on the topic more than once");
     let stderr = process.stderr();
     assert!(
         stderr.contains("ingest log replayed"),
         "no replay happened:\n{stderr}"
     );
+    let read_backs = stderr.matches("read the topic back").count();
+    eprintln!("Kafka read-backs: {read_backs}");
+    assert!(read_backs > 0, "the Kafka sink never read the topic back");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -238,15 +238,24 @@ const RESERVED: &[&str] = &["delivery.report.only.error", "dr_cb", "dr_msg_cb"];
 impl KafkaConfig {
     /// Settings of the consumer that reads the topic back after a crash: the brokers and the
     /// security settings, nothing of the producer's.
-    pub fn consumer_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
+    pub fn recovery_clients(&self) -> super::recover::Clients {
+        let mut consumer = ClientConfig::new();
+        consumer
+            .set("bootstrap.servers", &self.brokers)
             .set("client.id", "traceloom-recovery")
             .set("group.id", "traceloom-recovery")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        self.security.apply(&mut c);
-        c
+        self.security.apply(&mut consumer);
+        let mut fence = ClientConfig::new();
+        fence
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "traceloom-fence")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("allow.auto.create.topics", "false");
+        self.security.apply(&mut fence);
+        super::recover::Clients { consumer, fence }
     }
 
     /// The librdkafka producer properties: traceloom's defaults, the typed settings, then the

@@ -90,7 +90,7 @@ pub struct KafkaSink {
     /// Revisions acknowledged or dead-lettered, not yet in the manifest.
     durable: Vec<u64>,
     /// Settings of the consumer that reads the topic back after a crash.
-    consumer: ClientConfig,
+    recovery: recover::Clients,
     /// Replayed revisions found already on the topic: skipped when replay sends them.
     already: std::collections::HashSet<u64>,
     /// Whether the topic was read back (or there was nothing to read back).
@@ -155,7 +155,7 @@ impl KafkaConfig {
             dead_letter_file,
             to_file: Vec::new(),
             durable: Vec::new(),
-            consumer: self.consumer_config(),
+            recovery: self.recovery_clients(),
             already: std::collections::HashSet::new(),
             recovered: false,
             log_id: Arc::from(""),
@@ -273,16 +273,8 @@ impl KafkaSink {
         let Some(since) = origin.replay_since else {
             return;
         };
-        let (consumer, topic, log_id) = (
-            self.consumer.clone(),
-            self.topic_name.clone(),
-            Arc::clone(&origin.log_id),
-        );
-        let found = tokio::task::spawn_blocking(move || {
-            recover::delivered_since(&consumer, &topic, &log_id, since)
-        })
-        .await
-        .expect("reading the topic back does not panic");
+        let found =
+            recover::delivered_since(&self.recovery, &self.topic_name, &origin.log_id, since).await;
         match found {
             Ok(found) => {
                 tracing::info!(sink = %self.name, revisions = found.len(),

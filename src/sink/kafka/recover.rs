@@ -6,17 +6,41 @@
 //! log and the revision's position in it; at start the sink reads the topic back from the time of
 //! the first replayed record (no revision replay sends was produced before it) and skips what it
 //! finds there.
+//!
+//! Reading "to the end" needs care. The end a broker reports (the high watermark) may not yet
+//! include the crashed process's last writes: tansu 0.6 leaves the last batch written to a
+//! partition out of it until the next write, and any broker may still be appending a request the
+//! dead process sent. So the sink first waits until no partition's end has moved for a moment,
+//! then writes a **fence** to every partition — a tombstone (null value) with key
+//! `traceloom-fence` and a `traceloom_fence` header naming the log — and reads each partition
+//! up to its fence. Acknowledged with `acks=all`, the fence lands after everything the broker had
+//! appended before it, and it makes those writes visible. Consumers skip fences as they skip any
+//! tombstone.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 /// The header naming a message's revision: `<log id>/<position>`.
 pub const RELEASE_HEADER: &str = "traceloom_release";
+/// The key of fence records.
+pub const FENCE_KEY: &str = "traceloom-fence";
+/// The header of fence records, naming the log whose restart wrote them.
+pub const FENCE_HEADER: &str = "traceloom_fence";
+
+/// The clients a read-back uses.
+#[derive(Clone)]
+pub struct Clients {
+    /// Reads the topic.
+    pub consumer: ClientConfig,
+    /// Writes the fences (`acks=all`).
+    pub fence: ClientConfig,
+}
 
 /// Clock difference allowed between a record's receive time and a message's timestamp.
 const SKEW: Duration = Duration::from_secs(60);
@@ -31,13 +55,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(250);
 /// Most time spent reading back.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Each partition's (low, high) watermarks once no high watermark has moved for [`SETTLE`]
-/// (or [`MAX_SETTLE`] passed).
-fn settled_ends(
-    consumer: &BaseConsumer,
-    topic: &str,
-    partitions: &[i32],
-) -> KafkaResult<Vec<(i64, i64)>> {
+/// Waits until no partition's high watermark has moved for [`SETTLE`] (or [`MAX_SETTLE`]
+/// passed).
+fn settled_ends(consumer: &BaseConsumer, topic: &str, partitions: &[i32]) -> KafkaResult<()> {
     let read = || -> KafkaResult<Vec<(i64, i64)>> {
         partitions
             .iter()
@@ -55,7 +75,7 @@ fn settled_ends(
             since = Instant::now();
         }
     }
-    Ok(ends)
+    Ok(())
 }
 
 /// The header value for the revision at `position` of log `log_id`.
@@ -64,17 +84,34 @@ pub fn release_header(log_id: &str, position: u64) -> String {
 }
 
 /// Positions of the revisions of log `log_id` found on `topic` in messages produced since
-/// `since` (less a clock-skew margin). Blocking.
+/// `since` (less a clock-skew margin), read up to a fence written to each partition.
 ///
 /// # Errors
 ///
-/// When the topic cannot be read.
-pub fn delivered_since(
-    consumer: &ClientConfig,
+/// When the topic cannot be read or a fence cannot be written.
+pub async fn delivered_since(
+    clients: &Clients,
     topic: &str,
     log_id: &str,
     since: SystemTime,
 ) -> KafkaResult<HashSet<u64>> {
+    let (consumer, name) = (clients.consumer.clone(), topic.to_string());
+    let partitions = tokio::task::spawn_blocking(move || settled_partitions(&consumer, &name))
+        .await
+        .expect("settling does not panic")?;
+    let fences = fence(&clients.fence, topic, &partitions, log_id).await?;
+    let (consumer, name, log) = (
+        clients.consumer.clone(),
+        topic.to_string(),
+        log_id.to_string(),
+    );
+    tokio::task::spawn_blocking(move || read_back(&consumer, &name, &log, since, &fences))
+        .await
+        .expect("reading back does not panic")
+}
+
+/// The topic's partitions, once their ends have settled.
+fn settled_partitions(consumer: &ClientConfig, topic: &str) -> KafkaResult<Vec<i32>> {
     let consumer: BaseConsumer = consumer.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
@@ -83,7 +120,46 @@ pub fn delivered_since(
         .flat_map(|t| t.partitions())
         .map(|p| p.id())
         .collect();
-    let ends = settled_ends(&consumer, topic, &partitions)?;
+    settled_ends(&consumer, topic, &partitions)?;
+    Ok(partitions)
+}
+
+/// Writes a fence to each partition; returns each fence's offset.
+async fn fence(
+    config: &ClientConfig,
+    topic: &str,
+    partitions: &[i32],
+    log_id: &str,
+) -> KafkaResult<HashMap<i32, i64>> {
+    let producer: FutureProducer = config.create()?;
+    let mut offsets = HashMap::new();
+    for &partition in partitions {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: FENCE_HEADER,
+            value: Some(log_id),
+        });
+        let record = FutureRecord::<str, [u8]>::to(topic)
+            .partition(partition)
+            .key(FENCE_KEY)
+            .headers(headers);
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)?;
+        offsets.insert(partition, delivery.offset);
+    }
+    Ok(offsets)
+}
+
+/// Reads each partition from the first message produced since `since` up to its fence.
+fn read_back(
+    consumer: &ClientConfig,
+    topic: &str,
+    log_id: &str,
+    since: SystemTime,
+    fences: &HashMap<i32, i64>,
+) -> KafkaResult<HashSet<u64>> {
+    let consumer: BaseConsumer = consumer.create()?;
     let from_ms = since
         .checked_sub(SKEW)
         .unwrap_or(UNIX_EPOCH)
@@ -91,7 +167,7 @@ pub fn delivered_since(
         .unwrap_or_default()
         .as_millis() as i64;
     let mut wanted = TopicPartitionList::new();
-    for p in &partitions {
+    for p in fences.keys() {
         wanted.add_partition_offset(topic, *p, Offset::Offset(from_ms))?;
     }
     // A broker that cannot look offsets up by time is read from the start.
@@ -99,18 +175,18 @@ pub fn delivered_since(
         .offsets_for_times(wanted, Duration::from_secs(10))
         .ok();
     let mut assignment = TopicPartitionList::new();
-    let mut remaining = HashSet::new();
-    for (p, (low, high)) in partitions.iter().zip(ends) {
+    let mut remaining = HashMap::new();
+    for (p, fence) in fences {
         let start = starts
             .as_ref()
             .and_then(|s| s.find_partition(topic, *p))
             .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0)
-            .unwrap_or(low);
-        tracing::debug!(topic, partition = p, start, high, "reading the topic back");
-        if start < high {
+            .filter(|o| *o >= 0 && o < fence)
+            .unwrap_or(0);
+        tracing::debug!(topic, partition = p, start, fence, "reading the topic back");
+        if start < *fence {
             assignment.add_partition_offset(topic, *p, Offset::Offset(start))?;
-            remaining.insert((*p, high));
+            remaining.insert(*p, *fence);
         }
     }
     let mut found = HashSet::new();
@@ -125,24 +201,21 @@ pub fn delivered_since(
         };
         let message = match message {
             Ok(m) => m,
+            // The end of what the broker shows: with the fence written, nothing before it is
+            // missing.
             Err(KafkaError::PartitionEOF(p)) => {
-                remaining.retain(|(q, _)| *q != p);
+                remaining.remove(&p);
                 continue;
             }
             Err(e) => return Err(e),
         };
-        remaining.retain(|(p, high)| !(message.partition() == *p && message.offset() + 1 >= *high));
-        let header = message.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == RELEASE_HEADER)
-                .and_then(|h| h.value)
-        });
-        if let Some(position) = header
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.strip_prefix(log_id))
-            .and_then(|v| v.strip_prefix('/'))
-            .and_then(|v| v.parse().ok())
+        if remaining
+            .get(&message.partition())
+            .is_some_and(|fence| message.offset() + 1 >= *fence)
         {
+            remaining.remove(&message.partition());
+        }
+        if let Some(position) = release_position(&message, log_id) {
             found.insert(position);
         }
     }
@@ -153,4 +226,19 @@ pub fn delivered_since(
         );
     }
     Ok(found)
+}
+
+/// The release position a message of log `log_id` carries, if it is one.
+fn release_position(message: &impl Message, log_id: &str) -> Option<u64> {
+    let header = message.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == RELEASE_HEADER)
+            .and_then(|h| h.value)
+    })?;
+    std::str::from_utf8(header)
+        .ok()?
+        .strip_prefix(log_id)?
+        .strip_prefix('/')?
+        .parse()
+        .ok()
 }
