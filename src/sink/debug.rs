@@ -22,6 +22,7 @@ use crate::log::SinkCommits;
 use crate::model::{AssembledTrace, resource_spans};
 use crate::receive::json::JsonResourceSpans;
 use crate::telemetry::metrics::SinkMetrics;
+use crate::topology::backoff::Backoff;
 use crate::topology::queue::QueueRx;
 
 /// `type: debug`.
@@ -176,10 +177,13 @@ impl DebugSink {
 /// Records `positions` in the manifest, retrying until it works (a full disk clears): what was
 /// written stays written, and the log keeps it for replay meanwhile.
 async fn commit(commits: &SinkCommits, positions: Vec<u64>) {
-    let mut backoff = std::time::Duration::from_millis(100);
+    let mut backoff = Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
     while let Err(e) = commits.commit(positions.clone()).await {
-        tracing::error!(error = %e, retry_in = ?backoff, "cannot write the debug sink's manifest");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        tracing::error!(error = %e, retry_in = ?backoff.next(),
+            "cannot write the debug sink's manifest");
+        backoff.wait().await;
     }
 }

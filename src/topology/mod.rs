@@ -19,6 +19,7 @@
 //! running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero; the ingest
 //! log replays it at the next start.
 
+pub mod backoff;
 pub mod pipeline;
 pub mod queue;
 pub mod reload;

@@ -27,6 +27,7 @@ use crate::model::AssembledTrace;
 use crate::sink::SinkInput;
 use crate::stages::Chain;
 use crate::telemetry::metrics::{AssemblerMetrics, LogMetrics, Metrics};
+use crate::topology::backoff::Backoff;
 
 /// Metadata key of the revision number on every released trace.
 pub const REVISION_KEY: &str = "traceloom.revision";
@@ -263,7 +264,7 @@ impl Pipeline {
     /// before its decision is durable, and waiting here pushes back to the receivers.
     async fn journal(&mut self, decisions: &Arc<Vec<Decision>>) -> Vec<u64> {
         let sync = self.log.fsync != Fsync::Never;
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, Duration::from_secs(10));
         loop {
             let d = Arc::clone(decisions);
             let result = on_blocking_thread(&mut self.log.journal, move |log| {
@@ -275,10 +276,9 @@ impl Pipeline {
                 Err(e) => {
                     let journal = self.log.journal.as_ref().expect("back after the write");
                     let dir = journal.dir().display();
-                    error!(%dir, error = %e, retry_in = ?backoff,
+                    error!(%dir, error = %e, retry_in = ?backoff.next(),
                         "cannot write the decision journal; holding releases and retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff.wait().await;
                 }
             }
         }

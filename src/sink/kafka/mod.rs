@@ -41,6 +41,7 @@ use self::topic::TopicError;
 use super::{BuildError, SinkError, SinkInput};
 use crate::log::SinkCommits;
 use crate::telemetry::metrics::{KafkaMetrics, SinkMetrics};
+use crate::topology::backoff::Backoff;
 use crate::topology::queue::QueueRx;
 use crate::topology::sleep_until;
 
@@ -304,14 +305,13 @@ impl KafkaSink {
     /// Sets up the topics when no broker answered at start, retrying until one does. Input
     /// waits meanwhile, so the pipeline pushes back.
     async fn wait_for_topics(&mut self) {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while self.topic == TopicState::Unknown {
             match self.prepare_topics().await {
                 Ok(()) => tracing::info!(topic = %self.topic_name, "Kafka topic ready"),
                 Err(TopicError::Unreachable(e)) => {
                     self.warn(format_args!("still no Kafka broker answers ({e})"));
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait().await;
                 }
                 Err(e) => self.topic_missing(&e),
             }
@@ -601,7 +601,7 @@ impl KafkaSink {
 
     /// Writes refused revisions to the dead-letter file, retrying until the file takes them.
     async fn write_dead_letters(&mut self) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         while !self.to_file.is_empty() {
             let file = self.dead_letter_file.clone();
             let mut batch = std::mem::take(&mut self.to_file);
@@ -636,8 +636,7 @@ impl KafkaSink {
                     "cannot write the dead-letter file; retrying"
                 );
                 self.to_file = batch;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
+                backoff.wait().await;
             }
         }
     }

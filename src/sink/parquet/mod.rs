@@ -36,6 +36,7 @@ use super::{BuildError, SinkError, SinkInput};
 use crate::config::units::{ByteSize, HumanDuration};
 use crate::log::SinkCommits;
 use crate::telemetry::metrics::SinkMetrics;
+use crate::topology::backoff::Backoff;
 use crate::topology::queue::QueueRx;
 use crate::topology::{on_blocking_thread, sleep_until};
 
@@ -303,7 +304,7 @@ impl Publisher {
     /// the files is written first, so that after a crash replay knows whether they made it.
     async fn publish(&self, file: Finished) {
         let file = Arc::new(file);
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let (dataset, f) = (Arc::clone(&self.dataset), Arc::clone(&file));
             let commits = self.commits.clone();
@@ -321,10 +322,9 @@ impl Publisher {
             .expect("publishing does not panic");
             let Err(error) = result else { break };
             self.metrics.errors.inc();
-            tracing::error!(sink = %self.name, %error, retry_in = ?backoff,
+            tracing::error!(sink = %self.name, %error, retry_in = ?backoff.next(),
                 "cannot publish a Parquet file; holding its traces and retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
         }
         self.commits.durable(&file.positions);
         self.metrics.files.inc();
