@@ -135,7 +135,16 @@ pub fn open(
     }
 
     let records_dir = dir.join("spans");
-    let (mut records, opened) = SegmentLog::open(&records_dir, config.segment_size.0, |p, _| p)
+    // Opening reads every record anyway: note when the first one to replay was received (the
+    // Kafka sink reads its topic back from then).
+    let mut replay_since = None;
+    let (mut records, opened) =
+        SegmentLog::open(&records_dir, config.segment_size.0, |p, payload| {
+            if replay_since.is_none() && p >= from {
+                replay_since = record::decode(payload).ok().map(|b| b.meta.received_at);
+            }
+            p
+        })
         .map_err(io_at(&records_dir))?;
     report(&records_dir, &opened, metrics);
     records.remove_below(from).map_err(io_at(&records_dir))?;
@@ -149,7 +158,7 @@ pub fn open(
     tracker.set_manifest_floor(journal.start());
     let origin = commit::Origin {
         log_id: log_id(dir)?.into(),
-        replay_since: first_received(&records_dir, &bases, from, end),
+        replay_since: replay_since.filter(|_| end > from),
     };
     Ok(OpenLog {
         origin,
@@ -180,17 +189,6 @@ fn log_id(dir: &Path) -> Result<String, LogError> {
     );
     std::fs::write(&path, &id).map_err(io_at(&path))?;
     Ok(id)
-}
-
-/// When the first record to replay was received.
-fn first_received(dir: &Path, bases: &[u64], from: u64, end: u64) -> Option<std::time::SystemTime> {
-    if from >= end {
-        return None;
-    }
-    let base = bases.iter().rev().find(|b| **b <= from).or(bases.first())?;
-    let frames = segment::read_segment(dir, *base, from..end).ok()?;
-    let (_, payload) = frames.first()?;
-    record::decode(payload).ok().map(|b| b.meta.received_at)
 }
 
 fn report(dir: &Path, opened: &Opened, metrics: &LogMetrics) {
