@@ -255,11 +255,6 @@ impl Services {
     pub fn of_span(&self, id: &SpanId) -> Option<&str> {
         self.by_span.get(id).map(|&i| &self.names[i][..])
     }
-
-    /// Every distinct service, in order of first appearance.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
 }
 
 #[cfg(test)]

@@ -145,7 +145,7 @@ impl Conditions {
         if self.0.is_empty() {
             return false;
         }
-        let services = self.services(trace);
+        let services = Conditions::services([self], trace);
         trace.trace.data.spans.iter().any(|span| {
             self.any_holds(Subject {
                 trace: &trace.trace,
@@ -155,17 +155,19 @@ impl Conditions {
         })
     }
 
-    /// The service index when a condition needs it, else an empty one.
-    pub fn services(&self, trace: &crate::model::AssembledTrace) -> Services {
-        if self.needs_services() {
+    /// The service index when a condition of any list in `lists` needs it, else an empty one.
+    pub fn services<'a>(
+        lists: impl IntoIterator<Item = &'a Conditions>,
+        trace: &crate::model::AssembledTrace,
+    ) -> Services {
+        if lists.into_iter().any(Conditions::needs_services) {
             trace.services()
         } else {
             Services::default()
         }
     }
 
-    /// Whether a condition reads service names (which cost an index per trace).
-    pub fn needs_services(&self) -> bool {
+    fn needs_services(&self) -> bool {
         self.0.iter().any(Condition::needs_services)
     }
 

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::Verdict;
 use super::condition::{Conditions, Subject};
-use crate::model::{AssembledTrace, Services, SpanId};
+use crate::model::{AssembledTrace, SpanId};
 
 /// `type: filter` settings; at least one rule must be given.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -70,16 +70,8 @@ impl FilterConfig {
     }
 
     fn filter_spans(&self, trace: &mut AssembledTrace) {
-        let needs_services = self.drop_spans.needs_services()
-            || self
-                .keep_spans
-                .as_ref()
-                .is_some_and(Conditions::needs_services);
-        let services = if needs_services {
-            trace.services()
-        } else {
-            Services::default()
-        };
+        let lists = self.keep_spans.iter().chain([&self.drop_spans]);
+        let services = Conditions::services(lists, trace);
         let removed: HashSet<SpanId> = trace
             .trace
             .data

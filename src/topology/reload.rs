@@ -27,7 +27,7 @@ pub fn stage_configs(pipeline: &PipelineConfig) -> StageConfigs {
 
 /// What a reload needs of the running topology.
 pub struct Reloader {
-    fixed: BTreeMap<String, String>,
+    fixed: Fixed,
     inputs: BTreeMap<String, PipelineInput>,
     stages: BTreeMap<String, watch::Sender<StageConfigs>>,
 }
@@ -74,63 +74,64 @@ impl Reloader {
     }
 }
 
-/// Each section that needs a restart, by path, as comparable text.
-fn fixed_sections(config: &Config) -> BTreeMap<String, String> {
-    let mut sections = BTreeMap::from([
-        ("receivers".to_string(), format!("{:?}", config.receivers)),
-        ("admin".to_string(), format!("{:?}", config.admin)),
-        (
-            "shutdown_timeout".to_string(),
-            format!("{:?}", config.shutdown_timeout),
-        ),
-    ]);
-    for (name, p) in &config.pipelines {
-        let path = |section: &str| format!("pipelines.{name}.{section}");
-        sections.insert(path("queue"), format!("{:?}", p.queue));
-        sections.insert(path("log"), format!("{:?}", p.log));
-        sections.insert(path("assemble"), format!("{:?}", p.assemble));
-        sections.insert(path("mlflow"), format!("{:?}", p.mlflow));
-        sections.insert(path("sinks"), format!("{:?}", p.sinks));
-    }
-    sections
+/// What needs a restart to change, as comparable text: the top-level sections, and each
+/// pipeline's.
+struct Fixed {
+    top: [(&'static str, String); 3],
+    pipelines: BTreeMap<String, [(&'static str, String); 5]>,
 }
 
-/// Paths present in only one of `old` and `new`, or different in both.
-fn changed_sections(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
-    let mut changed: Vec<String> = old
+fn fixed_sections(config: &Config) -> Fixed {
+    let top = [
+        ("receivers", format!("{:?}", config.receivers)),
+        ("admin", format!("{:?}", config.admin)),
+        ("shutdown_timeout", format!("{:?}", config.shutdown_timeout)),
+    ];
+    let pipelines = config
+        .pipelines
         .iter()
-        .filter(|(k, v)| new.get(*k) != Some(v))
-        .map(|(k, _)| k.clone())
-        .chain(new.keys().filter(|k| !old.contains_key(*k)).cloned())
+        .map(|(name, p)| {
+            let sections = [
+                ("queue", format!("{:?}", p.queue)),
+                ("log", format!("{:?}", p.log)),
+                ("assemble", format!("{:?}", p.assemble)),
+                ("mlflow", format!("{:?}", p.mlflow)),
+                ("sinks", format!("{:?}", p.sinks)),
+            ];
+            (name.clone(), sections)
+        })
         .collect();
-    changed.sort();
-    changed.dedup();
-    // A whole pipeline added or removed reads better as one entry.
-    let pipelines = |m: &BTreeMap<String, String>| -> Vec<String> {
-        m.keys()
-            .filter_map(|k| {
-                k.strip_prefix("pipelines.")?
-                    .split('.')
-                    .next()
-                    .map(String::from)
-            })
-            .collect()
+    Fixed { top, pipelines }
+}
+
+/// The paths of the sections that differ, and the pipelines added or removed.
+fn changed_sections(old: &Fixed, new: &Fixed) -> Vec<String> {
+    let differ = |a: &[(&'static str, String)], b: &[(&'static str, String)]| {
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| x != y)
+            .map(|((section, _), _)| *section)
+            .collect::<Vec<_>>()
     };
-    let (before, after) = (pipelines(old), pipelines(new));
-    changed.retain(|path| {
-        let Some(rest) = path.strip_prefix("pipelines.") else {
-            return true;
-        };
-        let name = rest.split('.').next().unwrap_or_default();
-        before.contains(&name.to_string()) && after.contains(&name.to_string())
-    });
-    for name in before.iter().filter(|n| !after.contains(n)) {
-        changed.push(format!("pipeline {name} removed"));
+    let mut changed: Vec<String> = differ(&old.top, &new.top)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for (name, sections) in &old.pipelines {
+        match new.pipelines.get(name) {
+            Some(now) => changed.extend(
+                differ(sections, now)
+                    .into_iter()
+                    .map(|section| format!("pipelines.{name}.{section}")),
+            ),
+            None => changed.push(format!("pipeline {name} removed")),
+        }
     }
-    for name in after.iter().filter(|n| !before.contains(n)) {
-        changed.push(format!("pipeline {name} added"));
+    for name in new.pipelines.keys() {
+        if !old.pipelines.contains_key(name) {
+            changed.push(format!("pipeline {name} added"));
+        }
     }
-    changed.dedup();
     changed
 }
 

@@ -236,25 +236,28 @@ impl std::fmt::Display for Scalar {
 const RESERVED: &[&str] = &["delivery.report.only.error", "dr_cb", "dr_msg_cb"];
 
 impl KafkaConfig {
-    /// Settings of the consumer that reads the topic back after a crash: the brokers and the
-    /// security settings, nothing of the producer's.
+    /// A client of the configured brokers with the security settings, named `id`.
+    fn client(&self, id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", id);
+        self.security.apply(&mut c);
+        c
+    }
+
+    /// The clients that read the topic back after a crash: a consumer, and the producer of the
+    /// fences. Brokers and security come from the sink; nothing else of its producer does.
     pub fn recovery_clients(&self) -> super::recover::Clients {
-        let mut consumer = ClientConfig::new();
+        let mut consumer = self.client("traceloom-recovery");
         consumer
-            .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "traceloom-recovery")
             .set("group.id", "traceloom-recovery")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true");
-        self.security.apply(&mut consumer);
-        let mut fence = ClientConfig::new();
+        let mut fence = self.client("traceloom-fence");
         fence
-            .set("bootstrap.servers", &self.brokers)
-            .set("client.id", "traceloom-fence")
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("allow.auto.create.topics", "false");
-        self.security.apply(&mut fence);
         super::recover::Clients { consumer, fence }
     }
 
@@ -265,11 +268,9 @@ impl KafkaConfig {
     ///
     /// [`BuildError::Setting`] for an override traceloom cannot allow.
     pub fn client_config(&self) -> Result<ClientConfig, BuildError> {
-        let mut c = ClientConfig::new();
+        let mut c = self.client("traceloom");
         let ms = |d: &HumanDuration| d.0.as_millis().to_string();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("client.id", "traceloom")
-            .set("enable.idempotence", "true")
+        c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("partitioner", "murmur2_random")
             // Topics are created by `create_topic`, with its partitions and configs, never as a
@@ -291,7 +292,6 @@ impl KafkaConfig {
         if let Some(level) = self.compression_level {
             c.set("compression.level", level.to_string());
         }
-        self.security.apply(&mut c);
         for (key, value) in &self.librdkafka {
             if RESERVED.contains(&key.as_str()) {
                 return Err(BuildError::Setting {

@@ -44,9 +44,8 @@ pub struct Clients {
 
 /// Clock difference allowed between a record's receive time and a message's timestamp.
 const SKEW: Duration = Duration::from_secs(60);
-/// Produce requests the crashed process had sent may still be in the broker's hands (a loaded
-/// broker was seen appending one 1.6 s after the process died): read back only once no
-/// partition's end has moved for this long…
+/// Produce requests the crashed process had sent may still be in the broker's hands: fence and
+/// read back only once no partition's end has moved for this long…
 const SETTLE: Duration = Duration::from_secs(2);
 /// …or, when other producers keep the topic moving, after this long.
 const MAX_SETTLE: Duration = Duration::from_secs(15);
@@ -95,24 +94,23 @@ pub async fn delivered_since(
     log_id: &str,
     since: SystemTime,
 ) -> KafkaResult<HashSet<u64>> {
-    let (consumer, name) = (clients.consumer.clone(), topic.to_string());
-    let partitions = tokio::task::spawn_blocking(move || settled_partitions(&consumer, &name))
-        .await
-        .expect("settling does not panic")?;
-    let fences = fence(&clients.fence, topic, &partitions, log_id).await?;
-    let (consumer, name, log) = (
-        clients.consumer.clone(),
-        topic.to_string(),
-        log_id.to_string(),
-    );
+    let consumer: BaseConsumer = clients.consumer.create()?;
+    let name = topic.to_string();
+    let (consumer, partitions) = tokio::task::spawn_blocking(move || {
+        let partitions = settled_partitions(&consumer, &name);
+        (consumer, partitions)
+    })
+    .await
+    .expect("settling does not panic");
+    let fences = fence(&clients.fence, topic, &partitions?, log_id).await?;
+    let (name, log) = (topic.to_string(), log_id.to_string());
     tokio::task::spawn_blocking(move || read_back(&consumer, &name, &log, since, &fences))
         .await
         .expect("reading back does not panic")
 }
 
 /// The topic's partitions, once their ends have settled.
-fn settled_partitions(consumer: &ClientConfig, topic: &str) -> KafkaResult<Vec<i32>> {
-    let consumer: BaseConsumer = consumer.create()?;
+fn settled_partitions(consumer: &BaseConsumer, topic: &str) -> KafkaResult<Vec<i32>> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -120,7 +118,7 @@ fn settled_partitions(consumer: &ClientConfig, topic: &str) -> KafkaResult<Vec<i
         .flat_map(|t| t.partitions())
         .map(|p| p.id())
         .collect();
-    settled_ends(&consumer, topic, &partitions)?;
+    settled_ends(consumer, topic, &partitions)?;
     Ok(partitions)
 }
 
@@ -153,13 +151,12 @@ async fn fence(
 
 /// Reads each partition from the first message produced since `since` up to its fence.
 fn read_back(
-    consumer: &ClientConfig,
+    consumer: &BaseConsumer,
     topic: &str,
     log_id: &str,
     since: SystemTime,
     fences: &HashMap<i32, i64>,
 ) -> KafkaResult<HashSet<u64>> {
-    let consumer: BaseConsumer = consumer.create()?;
     let from_ms = since
         .checked_sub(SKEW)
         .unwrap_or(UNIX_EPOCH)
