@@ -13,9 +13,13 @@ shift
 [ "${1:-}" = "--" ] && shift
 otlpgen=${OTLPGEN:-../shared/tools/otlpgen/target/release/otlpgen}
 sinks=$(python3 -c 'import sys,re; t=open(sys.argv[1]).read(); print(len(re.findall(r"^\s+type: (parquet|kafka|debug|discard)", t, re.M)))' "$pipeline")
-cargo build --release --locked --bin traceloom >/dev/null
+# TRACELOOM_BIN runs a prebuilt binary instead (to compare builds in interleaved runs).
+bin=${TRACELOOM_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --locked --bin traceloom >/dev/null
+  bin=$PWD/target/release/traceloom
+fi
 work=$(mktemp -d)
-bin=$PWD/target/release/traceloom
 config=$(realpath "$pipeline")
 (cd "$work" && exec taskset -c 1 "$bin" --log-level warn run --config "$config") &
 pid=$!
@@ -37,8 +41,10 @@ start=$(printf '%s' "$result" | python3 -c "import json,sys; print($returned - j
 until [ "$(through)" -ge $((sent * sinks)) ]; do sleep 0.05; done
 end=$(date +%s.%N)
 peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat")  # utime + stime, every thread
 kill -TERM $pid; wait $pid || true
 trap - EXIT
 rm -rf "$work"
-awk -v s="$start" -v e="$end" -v n="$sent" -v peak="$peak" 'BEGIN {
-  printf "end to end: %d spans in every sink in %.2f s = %.0f spans/s; peak RSS %.1f MiB\n", n, e - s, n / (e - s), peak / 1024 }'
+awk -v s="$start" -v e="$end" -v n="$sent" -v peak="$peak" -v cpu="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+  printf "end to end: %d spans in every sink in %.2f s = %.0f spans/s; peak RSS %.1f MiB; traceloom CPU %.1f s = %.2f us/span\n",
+    n, e - s, n / (e - s), peak / 1024, cpu / hz, 1e6 * cpu / hz / n }'

@@ -8,11 +8,10 @@
 use std::io::Read;
 
 use bytes::Bytes;
-use prost::Message;
 
 use super::json::{self, JsonError};
 use super::validate::Rejection;
-use crate::otlp::{ExportTraceServiceRequest, ResourceSpans};
+use crate::otlp::ResourceSpans;
 
 /// The body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +173,7 @@ pub fn decode_body(
     match content_type {
         // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
         ContentType::Protobuf => Ok((
-            ExportTraceServiceRequest::decode(body)?.resource_spans,
+            crate::otlp::decode_request(body)?.resource_spans,
             Vec::new(),
         )),
         ContentType::Json => Ok(json::decode_request(&body)?),
