@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use traceloom::log::record;
 use traceloom::log::segment::SegmentLog;
@@ -32,7 +31,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("decode_records_for_replay", |b| {
         b.iter(|| {
             for r in &records {
-                std::hint::black_box(record::decode(r).unwrap());
+                std::hint::black_box(record::decode(&r.bytes).unwrap());
             }
         })
     });
@@ -55,10 +54,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-fn append_group(log: &mut SegmentLog, records: &[Bytes], sync: bool) {
+fn append_group(log: &mut SegmentLog, records: &[record::Encoded], sync: bool) {
     for _ in 0..GROUP {
         for r in records {
-            log.append(r, log.end());
+            log.append(&r.bytes, log.end());
         }
     }
     log.commit(sync).unwrap();

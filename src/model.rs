@@ -175,6 +175,31 @@ impl TraceSpans {
     }
 }
 
+/// Where one trace of a batch sits in the ingest log: its record's position, and each span's
+/// encoding (in the order of the trace's groups and spans), sliced from the record. The
+/// assembler holds these slices rather than encoding each span again.
+#[derive(Clone, Debug)]
+pub struct LoggedTrace {
+    /// The record's position in the log.
+    pub position: u64,
+    /// Each span's `Span` message.
+    pub spans: Vec<Bytes>,
+}
+
+impl LoggedTrace {
+    /// `trace`'s spans encoded one by one, for records read back (replay) rather than written.
+    pub fn encode(position: u64, trace: &TraceSpans) -> Self {
+        use prost::Message;
+        let spans = trace
+            .groups
+            .iter()
+            .flat_map(|g| &g.spans)
+            .map(|s| Bytes::from(s.encode_to_vec()))
+            .collect();
+        Self { position, spans }
+    }
+}
+
 /// One accepted OTLP request: its metadata and its valid spans, split by trace id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanBatch {

@@ -12,7 +12,7 @@ use indexmap::IndexMap;
 use prost::Message;
 
 use super::config::AssembleConfig;
-use crate::model::{Origin, SpanBatch, SpanGroup, SpanId, TraceId};
+use crate::model::{LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId};
 use crate::otlp::Span;
 
 /// Why a trace revision was released.
@@ -216,46 +216,48 @@ impl Assembler {
         self.deadlines.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Takes a batch in (`positions`: the log position of each trace's record); releases traces
+    /// Takes a batch in (`logged`: where each trace's record is, and its spans encoded); releases traces
     /// that reached their size bound, and the oldest traces if held bytes exceed the memory bound.
     pub fn ingest(
         &mut self,
         batch: &SpanBatch,
-        positions: &[u64],
+        logged: &[LoggedTrace],
         now: Instant,
         out: &mut Vec<Release>,
     ) {
-        self.take_in(batch, positions, now, Some(out));
+        self.take_in(batch, logged, now, Some(out));
         self.relieve_memory(now, out);
     }
 
     /// Takes a batch in without releasing anything: replay, where the decision journal says
     /// what was released and when.
-    pub fn ingest_held(&mut self, batch: &SpanBatch, positions: &[u64], now: Instant) {
-        self.take_in(batch, positions, now, None);
+    pub fn ingest_held(&mut self, batch: &SpanBatch, logged: &[LoggedTrace], now: Instant) {
+        self.take_in(batch, logged, now, None);
     }
 
     fn take_in(
         &mut self,
         batch: &SpanBatch,
-        positions: &[u64],
+        logged: &[LoggedTrace],
         now: Instant,
         mut out: Option<&mut Vec<Release>>,
     ) {
-        debug_assert_eq!(positions.len(), batch.traces.len());
+        debug_assert_eq!(logged.len(), batch.traces.len());
         // Private copies of the request's origins, shared by every trace of the batch.
         let mut origins: HashMap<*const Origin, Arc<Origin>> = HashMap::new();
-        for (trace, &position) in batch.traces.iter().zip(positions) {
+        for (trace, logged) in batch.traces.iter().zip(logged) {
             let experiment = batch.meta.experiment_id.clone();
+            let mut blobs = logged.spans.iter();
             for group in &trace.groups {
                 let origin = origins
                     .entry(Arc::as_ptr(&group.origin))
                     .or_insert_with(|| Arc::new(detach(&group.origin)));
                 for span in &group.spans {
+                    let blob = blobs.next().expect("one encoding per span");
                     self.add(
-                        (trace.trace_id, position),
+                        (trace.trace_id, logged.position),
                         &Arc::clone(origin),
-                        span,
+                        (span, blob),
                         experiment.clone(),
                         now,
                     );
@@ -278,7 +280,7 @@ impl Assembler {
         &mut self,
         (trace_id, position): (TraceId, u64),
         origin: &Arc<Origin>,
-        span: &Span,
+        (span, blob): (&Span, &Bytes),
         experiment: Option<Arc<str>>,
         now: Instant,
     ) {
@@ -300,7 +302,6 @@ impl Assembler {
                 first_position: position,
             }
         });
-        let blob = Bytes::from(span.encode_to_vec());
         if state
             .spans
             .get(&span_id)
@@ -325,7 +326,7 @@ impl Assembler {
         let bytes = blob.len() + SPAN_OVERHEAD;
         let held = Held {
             origin: Arc::clone(origin),
-            blob,
+            blob: blob.clone(),
         };
         if let Some(old) = state.spans.insert(span_id, held) {
             state.bytes -= old.blob.len() + SPAN_OVERHEAD;

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::model::{Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans};
+use crate::model::{
+    LoggedTrace, Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans,
+};
 use crate::otlp::Span;
 use crate::testkit;
 
@@ -63,18 +65,22 @@ fn run(a: &mut Assembler, at: Instant) -> Vec<Release> {
     out
 }
 
-/// Log positions in arrival order, as the ingest log gives them.
-fn positions(b: &SpanBatch) -> Vec<u64> {
+/// The batch's records as the ingest log writer hands them over: positions in arrival order,
+/// spans sliced from the encoded records.
+fn logged(b: &SpanBatch) -> Vec<LoggedTrace> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    b.traces
-        .iter()
-        .map(|_| NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    crate::log::record::encode(b)
+        .into_iter()
+        .map(|r| LoggedTrace {
+            position: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            spans: r.spans,
+        })
         .collect()
 }
 
 fn ingest(a: &mut Assembler, b: &SpanBatch, at: Instant) -> Vec<Release> {
     let mut out = Vec::new();
-    a.ingest(b, &positions(b), at, &mut out);
+    a.ingest(b, &logged(b), at, &mut out);
     out
 }
 

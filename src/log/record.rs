@@ -3,34 +3,156 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use prost::Message;
+use prost::encoding;
 
 use super::proto::{self, SpanRecord};
 use crate::model::{Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans};
 
+/// One trace's record as the ingest log stores it, and each span's encoding sliced out of it
+/// (in the order of the trace's groups and spans). The assembler holds those slices, so a span
+/// is encoded once on its way in, not once for the log and again for the assembler.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// The `SpanRecord` message.
+    pub bytes: Bytes,
+    /// Each span's `Span` message, a slice of `bytes`.
+    pub spans: Vec<Bytes>,
+}
+
 /// The encoded records of `batch`, one per trace, in the batch's order.
-pub fn encode(batch: &SpanBatch) -> Vec<Bytes> {
+///
+/// Written field by field, byte for byte what prost writes for the equivalent `SpanRecord`,
+/// without first cloning the spans into OTLP `ResourceSpans`.
+pub fn encode(batch: &SpanBatch) -> Vec<Encoded> {
     let meta = &batch.meta;
     let received = meta
         .received_at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
+    let received = u64::try_from(received.as_nanos()).unwrap_or(u64::MAX);
+    let protocol = protocol_to_proto(meta.protocol) as i32;
+    let experiment = meta.experiment_id.as_deref().map(str::as_bytes);
     batch
         .traces
         .iter()
         .map(|trace| {
-            let record = SpanRecord {
-                trace_id: Bytes::copy_from_slice(&trace.trace_id.0),
-                resource_spans: trace.to_resource_spans(),
-                receiver: meta.receiver.to_string(),
-                protocol: protocol_to_proto(meta.protocol) as i32,
-                received_at_unix_nano: u64::try_from(received.as_nanos()).unwrap_or(u64::MAX),
-                experiment_id: meta.experiment_id.as_deref().map(str::to_string),
-            };
-            Bytes::from(record.encode_to_vec())
+            let lens: Vec<GroupLens> = trace.groups.iter().map(GroupLens::of).collect();
+            let capacity = 64
+                + meta.receiver.len()
+                + experiment.map_or(0, <[u8]>::len)
+                + lens
+                    .iter()
+                    .map(|l| delimited_len(l.resource))
+                    .sum::<usize>();
+            let mut buf = Vec::with_capacity(capacity);
+            put_bytes(1, &trace.trace_id.0, &mut buf);
+            let mut ranges = Vec::with_capacity(trace.span_count());
+            for (group, lens) in trace.groups.iter().zip(&lens) {
+                encode_group(group, lens, &mut buf, &mut ranges);
+            }
+            put_bytes(3, meta.receiver.as_bytes(), &mut buf);
+            encoding::int32::encode(4, &protocol, &mut buf);
+            if received != 0 {
+                encoding::fixed64::encode(5, &received, &mut buf);
+            }
+            if let Some(experiment) = experiment {
+                delimit(6, experiment.len(), &mut buf);
+                buf.extend_from_slice(experiment);
+            }
+            let bytes = Bytes::from(buf);
+            let spans = ranges.into_iter().map(|r| bytes.slice(r)).collect();
+            Encoded { bytes, spans }
         })
         .collect()
+}
+
+/// Encoded lengths of a group as one `ResourceSpans` holding one `ScopeSpans`.
+struct GroupLens {
+    spans: Vec<usize>,
+    scope: usize,
+    resource: usize,
+}
+
+impl GroupLens {
+    fn of(group: &SpanGroup) -> Self {
+        let origin = &group.origin;
+        let spans: Vec<usize> = group.spans.iter().map(Message::encoded_len).collect();
+        let scope = origin
+            .scope
+            .as_ref()
+            .map_or(0, |s| encoding::message::encoded_len(1, s))
+            + spans.iter().map(|&len| delimited_len(len)).sum::<usize>()
+            + bytes_len(&origin.scope_schema_url);
+        let resource = origin
+            .resource
+            .as_ref()
+            .map_or(0, |r| encoding::message::encoded_len(1, r))
+            + delimited_len(scope)
+            + bytes_len(&origin.resource_schema_url);
+        Self {
+            spans,
+            scope,
+            resource,
+        }
+    }
+}
+
+/// `group` as record field 2; notes where each span's message lands in `buf`.
+fn encode_group(
+    group: &SpanGroup,
+    lens: &GroupLens,
+    buf: &mut Vec<u8>,
+    ranges: &mut Vec<Range<usize>>,
+) {
+    let origin = &group.origin;
+    delimit(2, lens.resource, buf);
+    if let Some(resource) = &origin.resource {
+        encoding::message::encode(1, resource, buf);
+    }
+    delimit(2, lens.scope, buf);
+    if let Some(scope) = &origin.scope {
+        encoding::message::encode(1, scope, buf);
+    }
+    for (span, &len) in group.spans.iter().zip(&lens.spans) {
+        delimit(2, len, buf);
+        let start = buf.len();
+        span.encode_raw(buf);
+        ranges.push(start..buf.len());
+    }
+    put_bytes(3, &origin.scope_schema_url, buf);
+    put_bytes(3, &origin.resource_schema_url, buf);
+}
+
+/// A length-delimited field's key and length (every field written here has a tag below 16,
+/// so its key is one byte).
+fn delimit(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    encoding::encode_key(tag, encoding::WireType::LengthDelimited, buf);
+    encoding::encode_varint(len as u64, buf);
+}
+
+/// The encoded size of a length-delimited field of `len` bytes with a one-byte key.
+fn delimited_len(len: usize) -> usize {
+    1 + encoding::encoded_len_varint(len as u64) + len
+}
+
+/// A proto3 `bytes`/`string` field; omitted when empty, as prost does.
+fn put_bytes(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+    if !value.is_empty() {
+        delimit(tag, value.len(), buf);
+        buf.extend_from_slice(value);
+    }
+}
+
+fn bytes_len(value: &Bytes) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        delimited_len(value.len())
+    }
 }
 
 /// Why a stored record cannot be used.
@@ -98,6 +220,7 @@ fn protocol_from_proto(p: i32) -> Protocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::Span;
     use crate::testkit;
 
     #[test]
@@ -108,7 +231,7 @@ mod tests {
         let records = encode(&batch);
         assert_eq!(records.len(), 3);
         for (record, trace) in records.iter().zip(&batch.traces) {
-            let back = decode(record).unwrap();
+            let back = decode(&record.bytes).unwrap();
             assert_eq!(back.traces, vec![trace.clone()]);
             assert_eq!(back.meta.experiment_id.as_deref(), Some("42"));
             assert_eq!(back.meta.protocol, Protocol::HttpJson);
@@ -118,5 +241,40 @@ mod tests {
         }
         let err = decode(&SpanRecord::default().encode_to_vec()).unwrap_err();
         assert_eq!(err.to_string(), "trace_id has 0 bytes, expected 16");
+    }
+
+    /// What prost writes for the record `encode` writes by hand.
+    fn prost_record(batch: &SpanBatch, trace: &TraceSpans) -> Vec<u8> {
+        let received = batch.meta.received_at.duration_since(UNIX_EPOCH).unwrap();
+        SpanRecord {
+            trace_id: Bytes::copy_from_slice(&trace.trace_id.0),
+            resource_spans: trace.to_resource_spans(),
+            receiver: batch.meta.receiver.to_string(),
+            protocol: protocol_to_proto(batch.meta.protocol) as i32,
+            received_at_unix_nano: received.as_nanos() as u64,
+            experiment_id: batch.meta.experiment_id.as_deref().map(str::to_string),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn records_are_byte_for_byte_prosts_and_span_slices_are_the_spans() {
+        let mut batch = testkit::batch(2, 3, 5, 300);
+        // Origins without resource or scope, and with schema URLs and an empty experiment.
+        batch.traces[1].groups[0].origin = Arc::new(Origin {
+            resource: None,
+            resource_schema_url: Bytes::from_static(b"https://opentelemetry.io/schemas/1.26.0"),
+            scope: None,
+            scope_schema_url: Bytes::from_static(b"https://example.com/scope"),
+        });
+        batch.meta.experiment_id = Some(Arc::from(""));
+        for (record, trace) in encode(&batch).iter().zip(&batch.traces) {
+            assert_eq!(record.bytes[..], prost_record(&batch, trace)[..]);
+            let spans: Vec<&Span> = trace.groups.iter().flat_map(|g| &g.spans).collect();
+            assert_eq!(record.spans.len(), spans.len());
+            for (slice, span) in record.spans.iter().zip(spans) {
+                assert_eq!(&Span::decode(slice.clone()).unwrap(), span);
+            }
+        }
     }
 }

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::config::Fsync;
+use super::record::Encoded;
 use super::segment::{FRAME_HEADER, SegmentLog};
-use crate::model::SpanBatch;
+use crate::model::{LoggedTrace, SpanBatch};
 use crate::telemetry::metrics::LogMetrics;
 use crate::topology::queue::{QueueRx, QueueTx};
 use crate::topology::{on_blocking_thread, sleep_until};
@@ -34,7 +34,7 @@ pub struct Append {
     /// The batch.
     pub batch: Arc<SpanBatch>,
     /// One encoded span record per trace of the batch, in order.
-    pub records: Arc<Vec<Bytes>>,
+    pub records: Arc<Vec<Encoded>>,
     /// Answered once the records are durable (or refused).
     pub done: oneshot::Sender<Result<(), AppendError>>,
 }
@@ -53,13 +53,27 @@ pub enum AppendError {
     Io(String),
 }
 
-/// A logged batch: the positions of its records, one per trace.
+/// A logged batch: where each of its traces' records is.
 #[derive(Debug)]
 pub struct Logged {
     /// The batch.
     pub batch: Arc<SpanBatch>,
     /// Position of each trace's record.
-    pub positions: Vec<u64>,
+    pub traces: Vec<LoggedTrace>,
+}
+
+impl Logged {
+    /// Memory it holds, for the queue bound: the decoded request and the records its span
+    /// slices keep alive.
+    pub fn bytes(&self) -> usize {
+        let records: usize = self
+            .traces
+            .iter()
+            .flat_map(|t| &t.spans)
+            .map(bytes::Bytes::len)
+            .sum();
+        self.batch.encoded_bytes + records
+    }
 }
 
 /// The writer task.
@@ -122,7 +136,7 @@ impl Writer {
                     if let Some(logged) = self.write(group, &mut unsynced).await {
                         ages.push(&logged);
                         for l in logged {
-                            let size = l.batch.encoded_bytes;
+                            let size = l.bytes();
                             self.output.send(l, size).await.map_err(|_| "the assembler stopped")?;
                         }
                     }
@@ -162,10 +176,10 @@ impl Writer {
                 }));
                 continue;
             }
-            let positions = append
+            let positions: Vec<u64> = append
                 .records
                 .iter()
-                .map(|r| log.append(r, log.end()))
+                .map(|r| log.append(&r.bytes, log.end()))
                 .collect();
             accepted.push((append, positions));
         }
@@ -192,9 +206,17 @@ impl Writer {
         let mut logged = Vec::with_capacity(accepted.len());
         for (append, positions) in accepted {
             let _ = append.done.send(Ok(()));
+            let traces = positions
+                .into_iter()
+                .zip(append.records.iter())
+                .map(|(position, record)| LoggedTrace {
+                    position,
+                    spans: record.spans.clone(),
+                })
+                .collect();
             logged.push(Logged {
                 batch: append.batch,
-                positions,
+                traces,
             });
         }
         Some(logged)
@@ -237,7 +259,7 @@ fn record_bytes(append: &Append) -> usize {
     append
         .records
         .iter()
-        .map(|r| r.len() + FRAME_HEADER as usize)
+        .map(|r| r.bytes.len() + FRAME_HEADER as usize)
         .sum()
 }
 
@@ -247,7 +269,10 @@ struct Ages(VecDeque<(u64, Instant)>);
 
 impl Ages {
     fn push(&mut self, logged: &[Logged]) {
-        if let Some(first) = logged.iter().find_map(|l| l.positions.first()) {
+        if let Some(first) = logged
+            .iter()
+            .find_map(|l| l.traces.first().map(|t| &t.position))
+        {
             self.0.push_back((*first, Instant::now()));
         }
     }

@@ -46,7 +46,9 @@ fn resource_spans(body: Bytes) -> Option<ResourceSpans> {
     let mut rs = ResourceSpans::default();
     for field in Fields(body) {
         match field? {
-            (1, Some(bytes)) if rs.resource.is_none() => rs.resource = Some(Resource::decode(bytes).ok()?),
+            (1, Some(bytes)) if rs.resource.is_none() => {
+                rs.resource = Some(Resource::decode(bytes).ok()?)
+            }
             (2, Some(bytes)) => rs.scope_spans.push(scope_spans(bytes)?),
             (3, Some(bytes)) => rs.schema_url = bytes,
             (1..=3, _) => return None,

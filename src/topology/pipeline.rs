@@ -23,7 +23,7 @@ use crate::log::segment::SegmentLog;
 use crate::log::writer::{LogSpace, Logged};
 use crate::log::{Fsync, Replay, SinkMask, Tracker, record};
 use crate::mlflow;
-use crate::model::AssembledTrace;
+use crate::model::{AssembledTrace, LoggedTrace};
 use crate::sink::SinkInput;
 use crate::stages::Chain;
 use crate::telemetry::metrics::{AssemblerMetrics, LogMetrics, Metrics};
@@ -179,8 +179,8 @@ impl Pipeline {
                     let mut taken = vec![first];
                     self.input.take_waiting(&mut taken, BATCHES_PER_TURN, |_| 1);
                     for logged in taken {
-                        next = logged.positions.last().map_or(next, |p| p + 1);
-                        assembler.ingest(&logged.batch, &logged.positions, Instant::now(), &mut released);
+                        next = logged.traces.last().map_or(next, |t| t.position + 1);
+                        assembler.ingest(&logged.batch, &logged.traces, Instant::now(), &mut released);
                         self.assembler_metrics.observe(&assembler, &released);
                         turn.note(&mut assembler, &mut released, next);
                     }
@@ -374,7 +374,8 @@ impl Pipeline {
                 match record::decode(&payload) {
                     Ok(batch) => {
                         spans += batch.traces.iter().map(|t| t.span_count()).sum::<usize>();
-                        assembler.ingest_held(&batch, &[position], Instant::now());
+                        let logged = LoggedTrace::encode(position, &batch.traces[0]);
+                        assembler.ingest_held(&batch, &[logged], Instant::now());
                         records += 1;
                     }
                     Err(e) => {

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::queue::{QueueTx, SendError};
 use super::select::Select;
 use crate::config::Config;
+use crate::log::record::Encoded;
 use crate::log::writer::Append;
 use crate::model::SpanBatch;
 use crate::receive::{BoxFuture, Ingest, SubmitError};
@@ -107,9 +107,9 @@ impl Router {
 fn portion(
     select: Option<&Select>,
     batch: &Arc<SpanBatch>,
-    records: &Arc<Vec<Bytes>>,
+    records: &Arc<Vec<Encoded>>,
     taken: &mut [bool],
-) -> Option<(Arc<SpanBatch>, Arc<Vec<Bytes>>, usize)> {
+) -> Option<(Arc<SpanBatch>, Arc<Vec<Encoded>>, usize)> {
     let Some(select) = select else {
         taken.fill(true);
         return Some((Arc::clone(batch), Arc::clone(records), batch.encoded_bytes));
@@ -126,8 +126,8 @@ fn portion(
     if chosen.len() == batch.traces.len() {
         return Some((Arc::clone(batch), Arc::clone(records), batch.encoded_bytes));
     }
-    let part_records: Vec<Bytes> = chosen.iter().map(|&i| records[i].clone()).collect();
-    let size = part_records.iter().map(Bytes::len).sum();
+    let part_records: Vec<Encoded> = chosen.iter().map(|&i| records[i].clone()).collect();
+    let size = part_records.iter().map(|r| r.bytes.len()).sum();
     let part = SpanBatch {
         meta: batch.meta.clone(),
         traces: chosen.iter().map(|&i| batch.traces[i].clone()).collect(),

@@ -19,7 +19,7 @@ fn crashed_log(dir: &Path, traces: usize) -> std::path::PathBuf {
     let batch = testkit::batch(7, traces, 4, 100);
     let (mut log, _) = SegmentLog::open(&dir.join("spans"), 64 << 20, |p, _| p).unwrap();
     for r in record::encode(&batch) {
-        log.append(&r, log.end());
+        log.append(&r.bytes, log.end());
     }
     log.commit(true).unwrap();
     dir.join("spans").join(format!("{:020}.seg", 0))
