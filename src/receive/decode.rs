@@ -8,10 +8,11 @@
 use std::io::Read;
 
 use bytes::Bytes;
+use prost::Message;
 
 use super::json::{self, JsonError};
 use super::validate::Rejection;
-use crate::otlp::ResourceSpans;
+use crate::otlp::{ExportTraceServiceRequest, ResourceSpans};
 
 /// The body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,7 +174,7 @@ pub fn decode_body(
     match content_type {
         // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
         ContentType::Protobuf => Ok((
-            crate::otlp::decode_request(body)?.resource_spans,
+            ExportTraceServiceRequest::decode(body)?.resource_spans,
             Vec::new(),
         )),
         ContentType::Json => Ok(json::decode_request(&body)?),

@@ -223,7 +223,7 @@ impl Decoder for SizedCodec {
         let size = src.remaining();
         // One slice of tonic's buffer; every string field then slices it in turn.
         let message = src.copy_to_bytes(size);
-        crate::otlp::decode_request(message)
+        ExportTraceServiceRequest::decode(message)
             .map(|m| Some((m, size)))
             .map_err(|e| {
                 Status::invalid_argument(format!("invalid protobuf ExportTraceServiceRequest: {e}"))

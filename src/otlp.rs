@@ -17,9 +17,6 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
-mod decode;
-pub use decode::decode_request;
-
 /// Reads an OTLP string field; invalid UTF-8 is replaced by U+FFFD.
 pub fn text(field: &Bytes) -> Cow<'_, str> {
     // The strict check is much faster than the lossy scan, and almost every field passes it.
