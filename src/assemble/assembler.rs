@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use prost::Message;
 
 use super::config::AssembleConfig;
+use crate::config::units::ByteSize;
 use crate::model::{LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId};
 use crate::otlp::Span;
 
@@ -113,7 +114,8 @@ pub struct Counts {
     pub duplicate_spans: u64,
     /// Spans that arrived after their trace had been released.
     pub late_spans: u64,
-    /// Released traces forgotten to stay under `max_in_flight_bytes` before their window ended.
+    /// Released traces forgotten to stay under `max_in_flight_bytes` or `max_released_bytes`
+    /// before their window ended.
     pub forgotten_early: u64,
 }
 
@@ -156,7 +158,7 @@ pub struct Assembler {
     by_age: BTreeSet<(u64, TraceId)>,
     /// Released traces with nothing new since, oldest release first: forgotten first under
     /// memory pressure, without scanning the open ones.
-    released: BTreeSet<(Instant, TraceId)>,
+    released: Retained,
     bytes: usize,
     counts: Counts,
     /// Traces forgotten since the last [`take_forgotten`](Self::take_forgotten), in order.
@@ -171,7 +173,7 @@ impl Assembler {
             traces: HashMap::new(),
             deadlines: BinaryHeap::new(),
             by_age: BTreeSet::new(),
-            released: BTreeSet::new(),
+            released: Retained::default(),
             bytes: 0,
             counts: Counts::default(),
             forgotten: Vec::new(),
@@ -313,7 +315,7 @@ impl Assembler {
         if let Some(at) = state.released_at {
             self.counts.late_spans += 1;
             if !state.dirty {
-                self.released.remove(&(at, trace_id));
+                self.released.remove(at, trace_id, state.bytes);
             }
         }
         if !state.dirty {
@@ -405,7 +407,7 @@ impl Assembler {
         state.revisions += 1;
         state.dirty = false;
         state.released_at = Some(now);
-        self.released.insert((now, trace_id));
+        self.released.insert(now, trace_id, state.bytes);
         state.scheduled = now + late_window;
         self.deadlines.push(Reverse((state.scheduled, trace_id)));
         let mut groups: Vec<EncodedGroup> = Vec::new();
@@ -441,7 +443,8 @@ impl Assembler {
         if !state.dirty {
             // Nothing unreleased: replay started after some of its spans, and the revision was
             // taken by every sink; mark it released all the same.
-            self.released.remove(&(state.released_at?, trace_id));
+            self.released
+                .remove(state.released_at?, trace_id, state.bytes);
         }
         state.revisions = revision - 1;
         state.dirty = true;
@@ -461,7 +464,7 @@ impl Assembler {
             self.bytes -= state.bytes;
             self.by_age.remove(&(state.first_position, trace_id));
             if let (Some(at), false) = (state.released_at, state.dirty) {
-                self.released.remove(&(at, trace_id));
+                self.released.remove(at, trace_id, state.bytes);
             }
         }
     }
@@ -484,11 +487,12 @@ impl Assembler {
     /// traces early and forget them.
     fn relieve_memory(&mut self, now: Instant, out: &mut Vec<Release>) {
         let bound = self.config.max_in_flight_bytes.as_usize();
-        if self.bytes <= bound {
-            return;
-        }
-        while self.bytes > bound {
-            let Some(&(_, trace_id)) = self.released.first() else {
+        let released_bound = self
+            .config
+            .max_released_bytes
+            .map_or(usize::MAX, ByteSize::as_usize);
+        while self.bytes > bound || self.released.bytes > released_bound {
+            let Some(trace_id) = self.released.oldest() else {
                 break;
             };
             self.counts.forgotten_early += 1;
@@ -501,6 +505,33 @@ impl Assembler {
             out.push(self.release(trace_id, ReleaseReason::Memory, now));
             self.forget(trace_id);
         }
+    }
+}
+
+/// Released traces with nothing new since, in release order, and the bytes they hold.
+#[derive(Default)]
+struct Retained {
+    traces: BTreeSet<(Instant, TraceId)>,
+    bytes: usize,
+}
+
+impl Retained {
+    fn insert(&mut self, at: Instant, trace_id: TraceId, bytes: usize) {
+        if self.traces.insert((at, trace_id)) {
+            self.bytes += bytes;
+        }
+    }
+
+    /// `bytes` must be what the trace held when inserted: a trace's spans change only after
+    /// it leaves this set.
+    fn remove(&mut self, at: Instant, trace_id: TraceId, bytes: usize) {
+        if self.traces.remove(&(at, trace_id)) {
+            self.bytes -= bytes;
+        }
+    }
+
+    fn oldest(&self) -> Option<TraceId> {
+        self.traces.first().map(|&(_, trace_id)| trace_id)
     }
 }
 

@@ -24,6 +24,12 @@ pub struct AssembleConfig {
     /// Most bytes of spans held at once; beyond it released traces are forgotten first, then
     /// the oldest open traces are released early (flagged).
     pub max_in_flight_bytes: ByteSize,
+    /// Most of those bytes spent on released traces kept for `late_span_window`; beyond it the
+    /// oldest released traces are forgotten (a late span of theirs starts a new trace, flagged
+    /// partial). Unset, released traces may fill all of `max_in_flight_bytes`. A small bound
+    /// saves CPU under load, since a large heap of held spans slows every stage (README, "Where
+    /// the time goes"), at the cost of shorter effective late-span windows.
+    pub max_released_bytes: Option<ByteSize>,
 }
 
 impl Default for AssembleConfig {
@@ -36,6 +42,7 @@ impl Default for AssembleConfig {
             max_trace_bytes: ByteSize::mib(64),
             late_span_window: HumanDuration(Duration::from_secs(300)),
             max_in_flight_bytes: ByteSize::mib(256),
+            max_released_bytes: None,
         }
     }
 }

@@ -21,6 +21,7 @@ fn config() -> AssembleConfig {
         max_trace_bytes: ByteSize::mib(64),
         late_span_window: HumanDuration(Duration::from_secs(120)),
         max_in_flight_bytes: ByteSize::mib(64),
+        max_released_bytes: None,
     }
 }
 
@@ -234,6 +235,69 @@ fn size_bound_releases_early_and_keeps_accumulating() {
         (4, 2),
         "nothing lost, next revision"
     );
+}
+
+#[test]
+fn released_bound_forgets_the_oldest_released_traces_only() {
+    let c = Clock(Instant::now());
+    let one_trace = {
+        let mut probe = Assembler::new(config());
+        ingest(
+            &mut probe,
+            &batch(T, vec![root(T), child(T, 2)], None),
+            c.at(0),
+        );
+        probe.bytes()
+    };
+    let mut a = Assembler::new(AssembleConfig {
+        max_released_bytes: Some(ByteSize((one_trace * 2) as u64)),
+        ..config()
+    });
+    let ids: Vec<[u8; 16]> = (1..=4).map(|n| [n; 16]).collect();
+    for (i, id) in ids[..3].iter().enumerate() {
+        ingest(
+            &mut a,
+            &batch(*id, vec![root(*id), child(*id, 2)], None),
+            c.at(i as u64),
+        );
+    }
+    assert_eq!(
+        run(&mut a, c.at(10)).len(),
+        3,
+        "three released, all kept until the next batch"
+    );
+    // An open trace is never forgotten for this bound, however large.
+    ingest(
+        &mut a,
+        &batch(ids[3], vec![child(ids[3], 2)], None),
+        c.at(11),
+    );
+    assert_eq!(a.counts().forgotten_early, 1);
+    assert_eq!(
+        a.take_forgotten(),
+        vec![TraceId(ids[0])],
+        "the oldest release goes"
+    );
+    assert_eq!(a.traces(), 3);
+    // trace 2 is still held: its late span makes revision 2 with every span.
+    ingest(
+        &mut a,
+        &batch(ids[1], vec![child(ids[1], 3)], None),
+        c.at(12),
+    );
+    let out = run(&mut a, c.at(20));
+    let again = out.iter().find(|r| r.trace_id == TraceId(ids[1])).unwrap();
+    assert_eq!((again.revision, again.span_count()), (2, 3));
+    // trace 1 was forgotten: its late span starts over, without a root.
+    ingest(
+        &mut a,
+        &batch(ids[0], vec![child(ids[0], 3)], None),
+        c.at(21),
+    );
+    let out = run(&mut a, c.at(200));
+    let fresh = out.iter().find(|r| r.trace_id == TraceId(ids[0])).unwrap();
+    assert_eq!((fresh.revision, fresh.span_count()), (1, 1));
+    assert_eq!(fresh.reason, ReleaseReason::MaxAge);
 }
 
 #[test]

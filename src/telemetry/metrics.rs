@@ -293,7 +293,7 @@ impl Metrics {
             ),
             (
                 "assembler_forgotten_early_traces",
-                "Released traces forgotten before their late-span window to respect max_in_flight_bytes",
+                "Released traces forgotten before their late-span window to respect max_in_flight_bytes or max_released_bytes",
                 &m.assembler_forgotten,
             ),
             (
