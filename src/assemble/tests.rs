@@ -237,18 +237,21 @@ fn size_bound_releases_early_and_keeps_accumulating() {
     );
 }
 
+/// What the assembler holds for one trace of a root and a child.
+fn two_span_trace_bytes(c: &Clock) -> usize {
+    let mut probe = Assembler::new(config());
+    ingest(
+        &mut probe,
+        &batch(T, vec![root(T), child(T, 2)], None),
+        c.at(0),
+    );
+    probe.bytes()
+}
+
 #[test]
 fn released_bound_forgets_the_oldest_released_traces_only() {
     let c = Clock(Instant::now());
-    let one_trace = {
-        let mut probe = Assembler::new(config());
-        ingest(
-            &mut probe,
-            &batch(T, vec![root(T), child(T, 2)], None),
-            c.at(0),
-        );
-        probe.bytes()
-    };
+    let one_trace = two_span_trace_bytes(&c);
     let mut a = Assembler::new(AssembleConfig {
         max_released_bytes: Some(ByteSize((one_trace * 2) as u64)),
         ..config()
@@ -279,23 +282,17 @@ fn released_bound_forgets_the_oldest_released_traces_only() {
         "the oldest release goes"
     );
     assert_eq!(a.traces(), 3);
+    // A late child span of trace `id` at `at`, and its trace's next release.
+    let late = |a: &mut Assembler, id: [u8; 16], at: u64| {
+        ingest(a, &batch(id, vec![child(id, 3)], None), c.at(at));
+        let out = run(a, c.at(at + 180));
+        out.into_iter().find(|r| r.trace_id == TraceId(id)).unwrap()
+    };
     // trace 2 is still held: its late span makes revision 2 with every span.
-    ingest(
-        &mut a,
-        &batch(ids[1], vec![child(ids[1], 3)], None),
-        c.at(12),
-    );
-    let out = run(&mut a, c.at(20));
-    let again = out.iter().find(|r| r.trace_id == TraceId(ids[1])).unwrap();
+    let again = late(&mut a, ids[1], 12);
     assert_eq!((again.revision, again.span_count()), (2, 3));
     // trace 1 was forgotten: its late span starts over, without a root.
-    ingest(
-        &mut a,
-        &batch(ids[0], vec![child(ids[0], 3)], None),
-        c.at(21),
-    );
-    let out = run(&mut a, c.at(200));
-    let fresh = out.iter().find(|r| r.trace_id == TraceId(ids[0])).unwrap();
+    let fresh = late(&mut a, ids[0], 200);
     assert_eq!((fresh.revision, fresh.span_count()), (1, 1));
     assert_eq!(fresh.reason, ReleaseReason::MaxAge);
 }
@@ -303,15 +300,7 @@ fn released_bound_forgets_the_oldest_released_traces_only() {
 #[test]
 fn memory_bound_forgets_released_then_releases_the_oldest() {
     let c = Clock(Instant::now());
-    let one_trace = {
-        let mut probe = Assembler::new(config());
-        ingest(
-            &mut probe,
-            &batch(T, vec![root(T), child(T, 2)], None),
-            c.at(0),
-        );
-        probe.bytes()
-    };
+    let one_trace = two_span_trace_bytes(&c);
     let mut a = Assembler::new(AssembleConfig {
         max_in_flight_bytes: ByteSize((one_trace * 2) as u64),
         ..config()
