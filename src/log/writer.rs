@@ -58,7 +58,7 @@ pub enum AppendError {
 pub struct Logged {
     /// The batch.
     pub batch: Arc<SpanBatch>,
-    /// Position of each trace's record.
+    /// Each trace's record: its position, and its spans sliced from it.
     pub traces: Vec<LoggedTrace>,
 }
 
@@ -206,12 +206,15 @@ impl Writer {
         let mut logged = Vec::with_capacity(accepted.len());
         for (append, positions) in accepted {
             let _ = append.done.send(Ok(()));
+            // The records are shared only when several pipelines take the same batch.
+            let records =
+                Arc::try_unwrap(append.records).unwrap_or_else(|shared| (*shared).clone());
             let traces = positions
                 .into_iter()
-                .zip(append.records.iter())
+                .zip(records)
                 .map(|(position, record)| LoggedTrace {
                     position,
-                    spans: record.spans.clone(),
+                    spans: record.spans,
                 })
                 .collect();
             logged.push(Logged {
