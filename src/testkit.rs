@@ -112,7 +112,8 @@ pub fn request(
             };
             let name = if s == 0 { "invoke_agent" } else { "chat" };
             let mut sp = span(trace_id, span_id, &parent, name);
-            sp.attributes = genai_attributes(s, attr_bytes);
+            let text_seed = seed ^ ((t as u64) << 20 | s as u64);
+            sp.attributes = genai_attributes(s, attr_bytes, text_seed);
             spans.push(sp);
         }
     }
@@ -121,7 +122,35 @@ pub fn request(
     }
 }
 
-fn genai_attributes(index: usize, attr_bytes: usize) -> Vec<KeyValue> {
+/// Words that chat messages are made of, as in otlpgen: text that compresses like prose, not
+/// like one phrase repeated (which would flatter every codec and dictionary).
+#[rustfmt::skip]
+const WORDS: &[&str] = &[
+    "the", "model", "agent", "tool", "weather", "forecast", "customer", "order", "invoice",
+    "summarize", "document", "retrieval", "context", "answer", "question", "please", "query",
+    "vector", "search", "result", "latency", "token", "budget", "policy", "account", "balance",
+    "shipping", "address", "refund", "status", "pending", "approved", "denied", "ticket",
+    "support", "escalate", "priority", "meeting", "calendar", "schedule", "tomorrow", "today",
+];
+
+/// `len` bytes of words picked by a splitmix64 sequence from `seed`.
+fn prose(seed: u64, len: usize) -> String {
+    let mut state = seed;
+    let mut text = String::with_capacity(len + 16);
+    while text.len() < len {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        text.push_str(WORDS[(z % WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    text.truncate(len);
+    text
+}
+
+fn genai_attributes(index: usize, attr_bytes: usize, text_seed: u64) -> Vec<KeyValue> {
     let mut attrs = vec![
         kv(
             "gen_ai.operation.name",
@@ -135,10 +164,12 @@ fn genai_attributes(index: usize, attr_bytes: usize) -> Vec<KeyValue> {
     ];
     let used: usize = attrs.iter().map(|kv| kv.key.len() + 12).sum();
     let pad = attr_bytes.saturating_sub(used + "gen_ai.input.messages".len() + 40);
-    let text = "the quick brown fox jumps over the lazy dog ".repeat(pad / 44 + 1);
     attrs.push(kv(
         "gen_ai.input.messages",
-        &format!(r#"[{{"role":"user","content":"{}"}}]"#, &text[..pad]),
+        &format!(
+            r#"[{{"role":"user","content":"{}"}}]"#,
+            prose(text_seed, pad)
+        ),
     ));
     attrs
 }
