@@ -1,6 +1,7 @@
 //! The ingest log on one core, in spans per second: encoding a request's span records (done on
-//! the receiver's task), appending them to a segment file and committing with and without fsync
-//! (one commit per group of 16 requests, as group commit does under load), and decoding them
+//! the receiver's task), appending them to a segment file and committing with and without fsync,
+//! through the page cache and with direct I/O (one commit per group of 16 requests, as group
+//! commit does under load), and decoding them
 //! again (replay). Requests hold 64 traces of 8 GenAI spans with ~300 bytes of attributes.
 
 use std::time::Duration;
@@ -37,12 +38,14 @@ fn bench(c: &mut Criterion) {
     });
 
     group.throughput(Throughput::Elements(spans * GROUP as u64));
-    for (name, sync) in [
-        ("append_group_no_fsync", false),
-        ("append_group_fsync", true),
-    ] {
+    for (direct, sync) in [(false, false), (false, true), (true, false), (true, true)] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = SegmentLog::open(dir.path(), 64 << 20, |p, _| p).unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), 64 << 20, direct, |p, _| p).unwrap();
+        let name = format!(
+            "append_group_{}_{}",
+            if direct { "direct" } else { "buffered" },
+            if sync { "fsync" } else { "no_fsync" }
+        );
         group.bench_function(name, |b| {
             b.iter_batched(
                 || (),

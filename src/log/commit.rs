@@ -207,7 +207,7 @@ impl Manifest {
     /// When the directory cannot be read or a half-published file cannot be removed.
     pub fn open(dir: &Path) -> io::Result<(Self, HashSet<u64>)> {
         let mut entries = Vec::new();
-        let (log, _) = SegmentLog::open(dir, MANIFEST_SEGMENT, |_, payload| {
+        let (log, _) = SegmentLog::open(dir, MANIFEST_SEGMENT, false, |_, payload| {
             let entry = SinkCommit::decode(payload).unwrap_or_default();
             let key = entry.releases.iter().copied().max().unwrap_or(0);
             entries.push(entry);

@@ -114,14 +114,15 @@ pub fn open(
 
     let journal_dir = dir.join("journal");
     let mut decisions = Vec::new();
-    let (mut journal, opened) = SegmentLog::open(&journal_dir, JOURNAL_SEGMENT, |p, payload| {
-        let Some(d) = Decision::decode(payload) else {
-            return 0;
-        };
-        decisions.push((p, d));
-        d.upto
-    })
-    .map_err(io_at(&journal_dir))?;
+    let (mut journal, opened) =
+        SegmentLog::open(&journal_dir, JOURNAL_SEGMENT, false, |p, payload| {
+            let Some(d) = Decision::decode(payload) else {
+                return 0;
+            };
+            decisions.push((p, d));
+            d.upto
+        })
+        .map_err(io_at(&journal_dir))?;
     report(&journal_dir, &opened, metrics);
     journal.remove_below(from).map_err(io_at(&journal_dir))?;
 
@@ -138,14 +139,18 @@ pub fn open(
     // Opening reads every record anyway: note when the first one to replay was received (the
     // Kafka sink reads its topic back from then).
     let mut replay_since = None;
-    let (mut records, opened) =
-        SegmentLog::open(&records_dir, config.segment_size.0, |p, payload| {
+    let (mut records, opened) = SegmentLog::open(
+        &records_dir,
+        config.segment_size.0,
+        config.direct_io,
+        |p, payload| {
             if replay_since.is_none() && p >= from {
                 replay_since = record::decode(payload).ok().map(|b| b.meta.received_at);
             }
             p
-        })
-        .map_err(io_at(&records_dir))?;
+        },
+    )
+    .map_err(io_at(&records_dir))?;
     report(&records_dir, &opened, metrics);
     records.remove_below(from).map_err(io_at(&records_dir))?;
     let bases = segment::segment_bases(&records_dir).map_err(io_at(&records_dir))?;

@@ -17,7 +17,7 @@ use crate::harness::{Collector, Settings, metric, total_spans};
 /// process that crashed before releasing them would have left them; returns the segment file.
 fn crashed_log(dir: &Path, traces: usize) -> std::path::PathBuf {
     let batch = testkit::batch(7, traces, 4, 100);
-    let (mut log, _) = SegmentLog::open(&dir.join("spans"), 64 << 20, |p, _| p).unwrap();
+    let (mut log, _) = SegmentLog::open(&dir.join("spans"), 64 << 20, false, |p, _| p).unwrap();
     for r in record::encode(&batch) {
         log.append(&r.bytes, log.end());
     }
