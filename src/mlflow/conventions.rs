@@ -6,6 +6,8 @@
 //! the filled attributes follows MLflow: span type, inputs, outputs, token usage, message format,
 //! tools, model, provider.
 
+use compact_str::CompactString;
+
 use super::attributes;
 use super::json::PyValue;
 use super::span::{Attributes, SpanEvent};
@@ -280,7 +282,7 @@ fn truthy_stored(stored: &str) -> bool {
 
 /// A stored value unless MLflow treats it as missing: absent, or JSON for a falsy value (`null`,
 /// `{}`, `[]`, `""`, `0`, `false`).
-fn present<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a String> {
+fn present<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a CompactString> {
     attrs.get(key).filter(|stored| truthy_stored(stored))
 }
 
@@ -307,7 +309,7 @@ fn matches(pattern: &str, key: &str) -> bool {
     rest.is_empty()
 }
 
-fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a String> {
+fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a CompactString> {
     keys.iter().find_map(|k| {
         if k.contains('*') {
             attrs
@@ -496,7 +498,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
         .get(SPAN_TYPE)
         .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
     if needs_type && let Some(ty) = translators.iter().find_map(|t| span_type(attrs, t)) {
-        attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty));
+        attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty).into());
     }
     for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
         if attrs.contains_key(key) {
@@ -506,14 +508,15 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .iter()
             .find_map(|t| first_present(attrs, if inputs { t.inputs } else { t.outputs }))
             .cloned();
-        if let Some(v) = from_attributes.or_else(|| from_events(events, inputs)) {
+        let from_events = || from_events(events, inputs).map(CompactString::from);
+        if let Some(v) = from_attributes.or_else(from_events) {
             attrs.insert(key.into(), v);
         }
     }
     if !attrs.contains_key(TOKEN_USAGE)
         && let Some(u) = translators.iter().find_map(|t| usage(attrs, t))
     {
-        attrs.insert(TOKEN_USAGE.into(), u.dumps());
+        attrs.insert(TOKEN_USAGE.into(), u.dumps().into());
     }
     if !attrs.contains_key(MESSAGE_FORMAT)
         && let Some(format) = translators
@@ -521,7 +524,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
             .find_map(|t| t.message_format)
     {
-        attrs.insert(MESSAGE_FORMAT.into(), super::json::dumps_str(format));
+        attrs.insert(MESSAGE_FORMAT.into(), super::json::dumps_str(format).into());
     }
     if !attrs.contains_key(TOOLS)
         && let Some(v) = translators
@@ -538,7 +541,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .map(|v| attributes::read(v).dumps())
             .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
         if let Some(m) = model {
-            attrs.insert(MODEL.into(), m);
+            attrs.insert(MODEL.into(), m.into());
         }
     }
     if !attrs.contains_key(PROVIDER)
@@ -547,7 +550,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .find_map(|t| first_present(attrs, t.provider))
     {
         let provider = attributes::read(v).dumps();
-        attrs.insert(PROVIDER.into(), provider);
+        attrs.insert(PROVIDER.into(), provider.into());
     }
 }
 
@@ -558,7 +561,7 @@ mod tests {
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .map(|(k, v)| ((*k).into(), (*v).into()))
             .collect()
     }
 

@@ -290,7 +290,11 @@ fn metadata(
             ("mlflow.traceInputs", INPUTS),
             ("mlflow.traceOutputs", OUTPUTS),
         ] {
-            let value = root.attributes.get(attr).cloned().unwrap_or_default();
+            let value = root
+                .attributes
+                .get(attr)
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             md.insert(key.into(), value);
         }
     }

@@ -307,9 +307,9 @@ impl Redactor {
     }
 
     /// Applies the rules to a map of string keys.
-    fn map<'r, V>(
+    fn map<'r, K: AsRef<str>, V>(
         &'r self,
-        map: &mut indexmap::IndexMap<String, V, impl std::hash::BuildHasher>,
+        map: &mut indexmap::IndexMap<K, V, impl std::hash::BuildHasher>,
         rule: impl Fn(&str) -> Option<&'r Rule>,
         text: impl Fn(&V) -> String,
         store: impl Fn(&mut V, String),
@@ -317,7 +317,7 @@ impl Redactor {
         let mut changed = 0;
         let before = map.len();
         map.retain(|key, value| {
-            rule(key).is_none_or(|r| self.value(r, value, &text, &store, &mut changed))
+            rule(key.as_ref()).is_none_or(|r| self.value(r, value, &text, &store, &mut changed))
         });
         changed + before - map.len()
     }
@@ -329,7 +329,7 @@ impl Redactor {
                 &mut span.attributes,
                 |key| self.rule(key),
                 |s| stored_text(s),
-                |v, t| *v = attributes::encode_str(&t),
+                |v, t| *v = attributes::encode_str(&t).into(),
             );
             for event in &mut span.events {
                 let name = &event.name;
@@ -414,8 +414,11 @@ mod tests {
         Redactor::new(config)
     }
 
-    fn attr<'a>(t: &'a AssembledTrace, span: usize, key: &str) -> Option<&'a String> {
-        t.trace.data.spans[span].attributes.get(key)
+    fn attr<'a>(t: &'a AssembledTrace, span: usize, key: &str) -> Option<&'a str> {
+        t.trace.data.spans[span]
+            .attributes
+            .get(key)
+            .map(|v| v.as_str())
     }
 
     fn otlp_attr(t: &AssembledTrace, key: &str) -> Option<String> {
@@ -466,16 +469,20 @@ mod tests {
         let mut b = chat_root();
         redactor("salt: s1\nrules: [{keys: [\"user.*\"], action: hash}]").apply(&mut a);
         redactor("salt: s2\nrules: [{keys: [\"user.*\"], action: hash}]").apply(&mut b);
-        let hashed = attr(&a, 0, "user.email").unwrap().clone();
+        let hashed = attr(&a, 0, "user.email").unwrap().to_string();
         assert!(
             hashed.starts_with("\"sha256:") && hashed.len() == 2 + 7 + 32,
             "{hashed}"
         );
         assert_eq!(otlp_attr(&a, "user.email").as_ref(), Some(&hashed));
-        assert_ne!(attr(&b, 0, "user.email"), Some(&hashed), "another salt");
+        assert_ne!(
+            attr(&b, 0, "user.email"),
+            Some(hashed.as_str()),
+            "another salt"
+        );
         let mut again = chat_root();
         redactor("salt: s1\nrules: [{keys: [\"user.*\"], action: hash}]").apply(&mut again);
-        assert_eq!(attr(&again, 0, "user.email"), Some(&hashed));
+        assert_eq!(attr(&again, 0, "user.email"), Some(hashed.as_str()));
     }
 
     #[test]
@@ -491,10 +498,10 @@ mod tests {
         );
         let cut = attributes::read(attr(&t, 0, INPUTS).unwrap());
         assert_eq!(cut, PyValue::Str(r#"{"messages":[{"ro..."#.into()));
-        assert_eq!(attr(&t, 0, "retries").map(String::as_str), Some("2"));
+        assert_eq!(attr(&t, 0, "retries"), Some("2"));
         // The preview is recomputed from the stored (now plain string) inputs.
         assert_eq!(
-            t.trace.info.request_preview.as_ref(),
+            t.trace.info.request_preview.as_deref(),
             attr(&t, 0, INPUTS),
             "recomputed"
         );
