@@ -59,6 +59,7 @@ fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
                 .map(|s| s.encoded_len())
                 .sum::<usize>();
             let body = bytes::Bytes::from(request.encode_to_vec());
+            let raw = traceloom::otlp::raw_spans(&body, 1);
             let request = traceloom::otlp::ExportTraceServiceRequest::decode(body).unwrap();
             Arc::new(SpanBatch {
                 meta: ReceiveMeta {
@@ -67,7 +68,7 @@ fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
                     received_at: SystemTime::now(),
                     experiment_id: None,
                 },
-                traces: split_by_trace(request.resource_spans, Vec::new()).traces,
+                traces: split_by_trace(request.resource_spans, Vec::new(), raw).traces,
                 encoded_bytes: 0,
             })
         })

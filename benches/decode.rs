@@ -33,8 +33,9 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(spans));
     group.bench_function("protobuf", |b| {
         b.iter(|| {
+            let raw = traceloom::otlp::raw_spans(&proto, 1);
             let request = ExportTraceServiceRequest::decode(proto.clone()).unwrap();
-            let split = validate::split_by_trace(request.resource_spans, Vec::new());
+            let split = validate::split_by_trace(request.resource_spans, Vec::new(), raw);
             assert_eq!(split.accepted, spans as usize);
             split
         })
@@ -42,7 +43,7 @@ fn decode(c: &mut Criterion) {
     group.bench_function("json", |b| {
         b.iter(|| {
             let (resource_spans, prior) = json::decode_request(&json_body).unwrap();
-            let split = validate::split_by_trace(resource_spans, prior);
+            let split = validate::split_by_trace(resource_spans, prior, None);
             assert_eq!(split.accepted, spans as usize);
             split
         })

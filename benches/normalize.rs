@@ -26,7 +26,7 @@ fn traces(genai: bool) -> Vec<TraceSpans> {
             ];
         }
     }
-    split_by_trace(request.resource_spans, Vec::new()).traces
+    split_by_trace(request.resource_spans, Vec::new(), None).traces
 }
 
 fn normalize(c: &mut Criterion) {

@@ -135,6 +135,9 @@ pub struct SpanGroup {
     pub origin: Arc<Origin>,
     /// The spans, in request order.
     pub spans: Vec<Span>,
+    /// Each span's message as it was encoded in the request, or empty when that is not known
+    /// (OTLP/JSON): the log then encodes the decoded spans.
+    pub raw: Vec<Bytes>,
 }
 
 /// `groups` in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape of the
@@ -193,8 +196,13 @@ impl LoggedTrace {
         let spans = trace
             .groups
             .iter()
-            .flat_map(|g| &g.spans)
-            .map(|s| Bytes::from(s.encode_to_vec()))
+            .flat_map(|g| {
+                let raw = g.raw.len() == g.spans.len();
+                g.spans.iter().enumerate().map(move |(i, s)| match raw {
+                    true => g.raw[i].clone(),
+                    false => Bytes::from(s.encode_to_vec()),
+                })
+            })
             .collect();
         Self { position, spans }
     }

@@ -226,7 +226,7 @@ pub fn genai_traces(
     attr_bytes: usize,
 ) -> Vec<crate::model::AssembledTrace> {
     let request = request(1, count, spans_per_trace, attr_bytes);
-    crate::receive::validate::split_by_trace(request.resource_spans, Vec::new())
+    crate::receive::validate::split_by_trace(request.resource_spans, Vec::new(), None)
         .traces
         .into_iter()
         .map(|t| {
@@ -240,14 +240,17 @@ pub fn genai_traces(
         .collect()
 }
 
-/// [`request`] as the receiver hands it on: validated and split by trace.
+/// [`request`] as the receiver hands it on: decoded from its encoding (string fields slicing it,
+/// each span's encoding noted), validated and split by trace.
 pub fn batch(
     seed: u64,
     traces: usize,
     spans_per_trace: usize,
     attr_bytes: usize,
 ) -> crate::model::SpanBatch {
-    let request = request(seed, traces, spans_per_trace, attr_bytes);
+    let body = Bytes::from(request(seed, traces, spans_per_trace, attr_bytes).encode_to_vec());
+    let raw = crate::otlp::raw_spans(&body, 1);
+    let decoded = ExportTraceServiceRequest::decode(body.clone()).expect("a request just encoded");
     crate::model::SpanBatch {
         meta: crate::model::ReceiveMeta {
             receiver: "otlp".into(),
@@ -255,7 +258,8 @@ pub fn batch(
             received_at: std::time::SystemTime::now(),
             experiment_id: None,
         },
-        encoded_bytes: request.encoded_len(),
-        traces: crate::receive::validate::split_by_trace(request.resource_spans, Vec::new()).traces,
+        encoded_bytes: body.len(),
+        traces: crate::receive::validate::split_by_trace(decoded.resource_spans, Vec::new(), raw)
+            .traces,
     }
 }

@@ -93,6 +93,8 @@ impl Release {
             .iter()
             .map(|g| SpanGroup {
                 origin: Arc::clone(&g.origin),
+                // Stages may change the decoded spans; nothing after assembly needs these.
+                raw: Vec::new(),
                 spans: g
                     .spans
                     .iter()

@@ -38,6 +38,7 @@ fn batch(trace: [u8; 16], spans: Vec<Span>, experiment: Option<&str>) -> SpanBat
             groups: vec![SpanGroup {
                 origin: Arc::new(Origin::default()),
                 spans,
+                raw: Vec::new(),
             }],
         }],
         encoded_bytes: 100,

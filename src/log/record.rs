@@ -80,7 +80,10 @@ struct GroupLens {
 impl GroupLens {
     fn of(group: &SpanGroup) -> Self {
         let origin = &group.origin;
-        let spans: Vec<usize> = group.spans.iter().map(Message::encoded_len).collect();
+        let spans: Vec<usize> = match raw(group) {
+            Some(raw) => raw.iter().map(Bytes::len).collect(),
+            None => group.spans.iter().map(Message::encoded_len).collect(),
+        };
         let scope = origin
             .scope
             .as_ref()
@@ -117,14 +120,22 @@ fn encode_group(
     if let Some(scope) = &origin.scope {
         encoding::message::encode(1, scope, buf);
     }
-    for (span, &len) in group.spans.iter().zip(&lens.spans) {
+    for (i, (span, &len)) in group.spans.iter().zip(&lens.spans).enumerate() {
         delimit(2, len, buf);
         let start = buf.len();
-        span.encode_raw(buf);
+        match raw(group) {
+            Some(raw) => buf.extend_from_slice(&raw[i]),
+            None => span.encode_raw(buf),
+        }
         ranges.push(start..buf.len());
     }
     put_bytes(3, &origin.scope_schema_url, buf);
     put_bytes(3, &origin.resource_schema_url, buf);
+}
+
+/// The spans of `group` as they arrived, when known for every one.
+fn raw(group: &SpanGroup) -> Option<&[Bytes]> {
+    (group.raw.len() == group.spans.len()).then_some(&group.raw[..])
 }
 
 /// A length-delimited field's key and length (every field written here has a tag below 16,
@@ -173,6 +184,11 @@ pub enum RecordError {
 /// [`RecordError`] when the bytes are not a valid record.
 pub fn decode(payload: &[u8]) -> Result<SpanBatch, RecordError> {
     let record = SpanRecord::decode(payload)?;
+    // The spans as recorded, so that replay holds the very bytes the running process held.
+    let mut raw = crate::otlp::raw_spans(&Bytes::copy_from_slice(payload), 2)
+        .unwrap_or_default()
+        .into_iter()
+        .flatten();
     let trace_id =
         TraceId::from_slice(&record.trace_id).ok_or(RecordError::TraceId(record.trace_id.len()))?;
     let mut groups = Vec::new();
@@ -185,6 +201,7 @@ pub fn decode(payload: &[u8]) -> Result<SpanBatch, RecordError> {
                     scope: ss.scope,
                     scope_schema_url: ss.schema_url,
                 }),
+                raw: raw.next().unwrap_or_default(),
                 spans: ss.spans,
             });
         }
@@ -241,6 +258,34 @@ mod tests {
         }
         let err = decode(&SpanRecord::default().encode_to_vec()).unwrap_err();
         assert_eq!(err.to_string(), "trace_id has 0 bytes, expected 16");
+    }
+
+    #[test]
+    fn records_hold_each_span_as_it_arrived() {
+        let mut batch = testkit::batch(3, 1, 2, 10);
+        let group = &mut batch.traces[0].groups[0];
+        // A field this version of OTLP does not know: kept in the copy, dropped by decoding.
+        let mut arrived = group.spans[1].encode_to_vec();
+        arrived.extend_from_slice(&[0x98, 0x06, 0x01]);
+        group.raw[1] = Bytes::from(arrived.clone());
+        let records = encode(&batch);
+        assert_eq!(records[0].spans[1], arrived);
+        let back = decode(&records[0].bytes).unwrap();
+        assert_eq!(
+            back.traces[0].groups[0].raw[1], arrived,
+            "replay holds the same bytes"
+        );
+        assert_eq!(
+            back.traces[0].groups[0].spans,
+            batch.traces[0].groups[0].spans
+        );
+        // Without the encodings (OTLP/JSON), the decoded spans are encoded.
+        batch.traces[0].groups[0].raw.clear();
+        let records = encode(&batch);
+        assert_eq!(
+            records[0].spans[1],
+            batch.traces[0].groups[0].spans[1].encode_to_vec()
+        );
     }
 
     /// What prost writes for the record `encode` writes by hand.

@@ -454,6 +454,7 @@ mod tests {
         SpanGroup {
             origin: Arc::clone(origin),
             spans,
+            raw: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use prost::Message;
 
 use super::json::{self, JsonError};
 use super::validate::Rejection;
-use crate::otlp::{ExportTraceServiceRequest, ResourceSpans};
+use crate::otlp::{ExportTraceServiceRequest, RawSpans, ResourceSpans};
 
 /// The body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,22 +162,27 @@ fn read_bounded(reader: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes an uncompressed body into resource spans, plus spans refused while decoding.
+/// A decoded body: resource spans, their encodings if the body was protobuf, and spans refused
+/// while decoding.
+pub type DecodedBody = ((Vec<ResourceSpans>, Option<RawSpans>), Vec<Rejection>);
+
+/// Decodes an uncompressed body.
 ///
 /// # Errors
 ///
 /// [`DecodeError::Protobuf`] or [`DecodeError::Json`] with what failed and where.
-pub fn decode_body(
-    body: Bytes,
-    content_type: ContentType,
-) -> Result<(Vec<ResourceSpans>, Vec<Rejection>), DecodeError> {
+pub fn decode_body(body: Bytes, content_type: ContentType) -> Result<DecodedBody, DecodeError> {
     match content_type {
         // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
-        ContentType::Protobuf => Ok((
-            ExportTraceServiceRequest::decode(body)?.resource_spans,
-            Vec::new(),
-        )),
-        ContentType::Json => Ok(json::decode_request(&body)?),
+        ContentType::Protobuf => {
+            let raw = crate::otlp::raw_spans(&body, 1);
+            let request = ExportTraceServiceRequest::decode(body)?;
+            Ok(((request.resource_spans, raw), Vec::new()))
+        }
+        ContentType::Json => {
+            let (resource_spans, prior) = json::decode_request(&body)?;
+            Ok(((resource_spans, None), prior))
+        }
     }
 }
 

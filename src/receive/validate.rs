@@ -12,7 +12,7 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use crate::otlp::{ResourceSpans, Span};
+use crate::otlp::{RawSpans, ResourceSpans, Span};
 
 use crate::model::{Origin, SpanGroup, TraceId, TraceSpans};
 
@@ -148,7 +148,14 @@ pub fn check_span(span: &Span) -> Result<TraceId, SpanError> {
 /// `prior` holds spans already refused while decoding (OTLP/JSON ids that are not hex); their
 /// slots in the request are skipped and they are reported with the others. Resources and scopes are cloned once per trace that uses them,
 /// so each group is self-contained.
-pub fn split_by_trace(resource_spans: Vec<ResourceSpans>, prior: Vec<Rejection>) -> Split {
+///
+/// `raw` holds each span's encoding as it arrived ([`crate::otlp::raw_spans`] of the request), for
+/// the log to copy; without it the log encodes the decoded spans.
+pub fn split_by_trace(
+    resource_spans: Vec<ResourceSpans>,
+    prior: Vec<Rejection>,
+    raw: Option<RawSpans>,
+) -> Split {
     let refused: HashSet<SpanPath> = prior.iter().map(|r| r.path).collect();
     let mut out = Split {
         rejections: prior,
@@ -161,6 +168,10 @@ pub fn split_by_trace(resource_spans: Vec<ResourceSpans>, prior: Vec<Rejection>)
         let scopes = std::mem::take(&mut rs.scope_spans);
         for (s, mut ss) in scopes.into_iter().enumerate() {
             let spans = std::mem::take(&mut ss.spans);
+            let raw = raw
+                .as_ref()
+                .and_then(|raw| raw.get(r)?.get(s))
+                .filter(|raw| raw.len() == spans.len());
             let origin = Arc::new(Origin {
                 resource: rs.resource.clone(),
                 resource_schema_url: rs.schema_url.clone(),
@@ -196,10 +207,15 @@ pub fn split_by_trace(resource_spans: Vec<ResourceSpans>, prior: Vec<Rejection>)
                     groups.push(SpanGroup {
                         origin: Arc::clone(&origin),
                         spans: Vec::new(),
+                        raw: Vec::new(),
                     });
                     origins[slot] = (r, s);
                 }
-                groups.last_mut().expect("pushed above").spans.push(span);
+                let group = groups.last_mut().expect("pushed above");
+                group.spans.push(span);
+                if let Some(raw) = raw {
+                    group.raw.push(raw[i].clone());
+                }
                 out.accepted += 1;
             }
         }
@@ -233,7 +249,7 @@ mod tests {
             span(1, 2, &[]),
             span(2, 3, &[1; 8]),
         ]]);
-        let split = split_by_trace(req, vec![]);
+        let split = split_by_trace(req, vec![], None);
         assert_eq!(split.accepted, 3);
         let ids: Vec<_> = split.traces.iter().map(|t| t.trace_id).collect();
         assert_eq!(ids, vec![TraceId([2; 16]), TraceId([1; 16])]);
@@ -252,7 +268,7 @@ mod tests {
             vec![span(1, 1, &[])],
             vec![span(1, 2, &[1; 8]), span(3, 3, &[])],
         ]);
-        let split = split_by_trace(req, vec![]);
+        let split = split_by_trace(req, vec![], None);
         let t1 = split.traces[0].to_resource_spans();
         let names: Vec<_> = t1
             .iter()
@@ -282,7 +298,7 @@ mod tests {
                 ..span(1, 7, &[])
             },
         ]]);
-        let split = split_by_trace(req, vec![]);
+        let split = split_by_trace(req, vec![], None);
         assert_eq!(split.accepted, 1);
         let errors: Vec<_> = split.rejections.iter().map(|r| r.error.clone()).collect();
         assert_eq!(
@@ -308,7 +324,7 @@ mod tests {
 
     #[test]
     fn no_message_when_everything_is_valid() {
-        let split = split_by_trace(request(vec![vec![span(1, 1, &[])]]), vec![]);
+        let split = split_by_trace(request(vec![vec![span(1, 1, &[])]]), vec![], None);
         assert!(split.error_message().is_none());
         assert!(split.rejections.is_empty());
     }

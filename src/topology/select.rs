@@ -120,7 +120,7 @@ mod tests {
         let mut rs = resource_spans(service, vec![s]);
         let r = rs.resource.as_mut().unwrap();
         r.attributes.extend(resource.iter().map(|(k, v)| kv(k, v)));
-        let batch = crate::receive::validate::split_by_trace(vec![rs], Vec::new());
+        let batch = crate::receive::validate::split_by_trace(vec![rs], Vec::new(), None);
         batch.traces.into_iter().next().unwrap()
     }
 

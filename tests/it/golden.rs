@@ -17,7 +17,7 @@ fn spans_of(requests: &[&str]) -> TraceSpans {
     for r in requests {
         let body = std::fs::read(fixtures().join(r)).unwrap();
         let request = ExportTraceServiceRequest::decode(Bytes::from(body)).unwrap();
-        let split = split_by_trace(request.resource_spans, Vec::new());
+        let split = split_by_trace(request.resource_spans, Vec::new(), None);
         assert!(split.rejections.is_empty(), "{r}: {:?}", split.rejections);
         assert_eq!(split.traces.len(), 1, "{r}: one trace per capture");
         let trace = split.traces.into_iter().next().unwrap();
