@@ -140,6 +140,13 @@ pub struct SpanGroup {
     pub raw: Vec<Bytes>,
 }
 
+impl SpanGroup {
+    /// Each span's encoding as it arrived, when known for every one.
+    pub fn raw(&self) -> Option<&[Bytes]> {
+        (self.raw.len() == self.spans.len()).then_some(&self.raw[..])
+    }
+}
+
 /// `groups` in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape of the
 /// Collector's Kafka exporter with `partition_traces_by_id`).
 pub fn resource_spans(groups: &[SpanGroup]) -> Vec<ResourceSpans> {
@@ -196,12 +203,9 @@ impl LoggedTrace {
         let spans = trace
             .groups
             .iter()
-            .flat_map(|g| {
-                let raw = g.raw.len() == g.spans.len();
-                g.spans.iter().enumerate().map(move |(i, s)| match raw {
-                    true => g.raw[i].clone(),
-                    false => Bytes::from(s.encode_to_vec()),
-                })
+            .flat_map(|g| match g.raw() {
+                Some(raw) => raw.to_vec(),
+                None => g.spans.iter().map(|s| s.encode_to_vec().into()).collect(),
             })
             .collect();
         Self { position, spans }

@@ -60,10 +60,12 @@ fn occurrences(buf: &Bytes, number: u32) -> Option<Vec<Bytes>> {
             continue;
         }
         let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-        let payload = rest.get(..len)?;
+        if len > rest.len() {
+            return None;
+        }
         if tag == number {
             let start = buf.len() - rest.len();
-            out.push(buf.slice(start..start + payload.len()));
+            out.push(buf.slice(start..start + len));
         }
         rest = &rest[len..];
     }

@@ -80,7 +80,7 @@ struct GroupLens {
 impl GroupLens {
     fn of(group: &SpanGroup) -> Self {
         let origin = &group.origin;
-        let spans: Vec<usize> = match raw(group) {
+        let spans: Vec<usize> = match group.raw() {
             Some(raw) => raw.iter().map(Bytes::len).collect(),
             None => group.spans.iter().map(Message::encoded_len).collect(),
         };
@@ -120,10 +120,11 @@ fn encode_group(
     if let Some(scope) = &origin.scope {
         encoding::message::encode(1, scope, buf);
     }
+    let raw = group.raw();
     for (i, (span, &len)) in group.spans.iter().zip(&lens.spans).enumerate() {
         delimit(2, len, buf);
         let start = buf.len();
-        match raw(group) {
+        match raw {
             Some(raw) => buf.extend_from_slice(&raw[i]),
             None => span.encode_raw(buf),
         }
@@ -131,11 +132,6 @@ fn encode_group(
     }
     put_bytes(3, &origin.scope_schema_url, buf);
     put_bytes(3, &origin.resource_schema_url, buf);
-}
-
-/// The spans of `group` as they arrived, when known for every one.
-fn raw(group: &SpanGroup) -> Option<&[Bytes]> {
-    (group.raw.len() == group.spans.len()).then_some(&group.raw[..])
 }
 
 /// A length-delimited field's key and length (every field written here has a tag below 16,
@@ -183,9 +179,11 @@ pub enum RecordError {
 ///
 /// [`RecordError`] when the bytes are not a valid record.
 pub fn decode(payload: &[u8]) -> Result<SpanBatch, RecordError> {
-    let record = SpanRecord::decode(payload)?;
+    // One copy, which every field and span then slices.
+    let payload = Bytes::copy_from_slice(payload);
+    let record = SpanRecord::decode(payload.clone())?;
     // The spans as recorded, so that replay holds the very bytes the running process held.
-    let mut raw = crate::otlp::raw_spans(&Bytes::copy_from_slice(payload), 2)
+    let mut raw = crate::otlp::raw_spans(&payload, 2)
         .unwrap_or_default()
         .into_iter()
         .flatten();

@@ -245,10 +245,11 @@ impl SegmentLog {
 
     fn roll(&mut self, sync: bool) -> io::Result<()> {
         if self.direct {
-            // The sealed file ends at its last frame, without padding.
+            // The sealed file ends at its last frame, without padding (should the cut not
+            // survive a power loss, the next open cuts the padding again).
             self.active.set_len(self.active_len)?;
         }
-        if !sync || self.direct {
+        if !sync {
             self.active.sync_data()?;
         }
         let base = self.active_base + self.active_len;

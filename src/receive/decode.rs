@@ -162,6 +162,20 @@ fn read_bounded(reader: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Decodes a protobuf `ExportTraceServiceRequest` into its resource spans and each span's
+/// encoding as it arrived (for the log to copy).
+///
+/// # Errors
+///
+/// When `body` is not a valid request.
+pub fn decode_protobuf(
+    body: Bytes,
+) -> Result<(Vec<ResourceSpans>, Option<RawSpans>), prost::DecodeError> {
+    let raw = crate::otlp::raw_spans(&body, 1);
+    // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
+    Ok((ExportTraceServiceRequest::decode(body)?.resource_spans, raw))
+}
+
 /// A decoded body: resource spans, their encodings if the body was protobuf, and spans refused
 /// while decoding.
 pub type DecodedBody = ((Vec<ResourceSpans>, Option<RawSpans>), Vec<Rejection>);
@@ -173,12 +187,7 @@ pub type DecodedBody = ((Vec<ResourceSpans>, Option<RawSpans>), Vec<Rejection>);
 /// [`DecodeError::Protobuf`] or [`DecodeError::Json`] with what failed and where.
 pub fn decode_body(body: Bytes, content_type: ContentType) -> Result<DecodedBody, DecodeError> {
     match content_type {
-        // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
-        ContentType::Protobuf => {
-            let raw = crate::otlp::raw_spans(&body, 1);
-            let request = ExportTraceServiceRequest::decode(body)?;
-            Ok(((request.resource_spans, raw), Vec::new()))
-        }
+        ContentType::Protobuf => Ok((decode_protobuf(body)?, Vec::new())),
         ContentType::Json => {
             let (resource_spans, prior) = json::decode_request(&body)?;
             Ok(((resource_spans, None), prior))

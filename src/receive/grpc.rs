@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::{EXPERIMENT_HEADER, Exporter, SubmitError};
 use crate::config::units::ByteSize;
 use crate::model::Protocol;
-use crate::otlp::{ExportTraceServiceRequest, RawSpans};
+use crate::otlp::{RawSpans, ResourceSpans};
 
 /// The gRPC path of OTLP trace export.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -147,8 +147,8 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceService {
 }
 
 /// A decoded request and its size in bytes.
-/// A decoded request, its spans' encodings and its size.
-type Sized = (ExportTraceServiceRequest, Option<RawSpans>, usize);
+/// A decoded request's resource spans, their spans' encodings, and its size.
+type Sized = ((Vec<ResourceSpans>, Option<RawSpans>), usize);
 
 struct ExportMethod(Arc<Exporter>);
 
@@ -164,12 +164,12 @@ impl UnaryService<Sized> for ExportMethod {
                 .get(EXPERIMENT_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            let (message, raw, size) = request.into_inner();
+            let (spans, size) = request.into_inner();
             let result = exporter
                 .export(
                     Protocol::Grpc,
                     experiment.as_deref(),
-                    (message.resource_spans, raw),
+                    spans,
                     Vec::new(),
                     size,
                 )
@@ -224,9 +224,8 @@ impl Decoder for SizedCodec {
         let size = src.remaining();
         // One slice of tonic's buffer; every string field then slices it in turn.
         let message = src.copy_to_bytes(size);
-        let raw = crate::otlp::raw_spans(&message, 1);
-        ExportTraceServiceRequest::decode(message)
-            .map(|m| Some((m, raw, size)))
+        super::decode::decode_protobuf(message)
+            .map(|spans| Some((spans, size)))
             .map_err(|e| {
                 Status::invalid_argument(format!("invalid protobuf ExportTraceServiceRequest: {e}"))
             })
