@@ -59,8 +59,7 @@ fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
                 .map(|s| s.encoded_len())
                 .sum::<usize>();
             let body = bytes::Bytes::from(request.encode_to_vec());
-            let raw = traceloom::otlp::raw_spans(&body, 1);
-            let request = traceloom::otlp::ExportTraceServiceRequest::decode(body).unwrap();
+            let resources = traceloom::receive::decode::decode_protobuf(&body).unwrap();
             Arc::new(SpanBatch {
                 meta: ReceiveMeta {
                     receiver: "otlp".into(),
@@ -68,7 +67,7 @@ fn batches() -> (Vec<Arc<SpanBatch>>, usize) {
                     received_at: SystemTime::now(),
                     experiment_id: None,
                 },
-                traces: split_by_trace(request.resource_spans, Vec::new(), raw).traces,
+                traces: split_by_trace(resources, Vec::new()).traces,
                 encoded_bytes: 0,
             })
         })

@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
-use traceloom::otlp::ExportTraceServiceRequest;
+use traceloom::receive::decode::{ContentType, decode_body};
 use traceloom::receive::{json, validate};
 use traceloom::testkit;
 
@@ -31,23 +31,20 @@ fn decode(c: &mut Criterion) {
     let spans = (TRACES * SPANS_PER_TRACE) as u64;
     let mut group = c.benchmark_group("decode_validate");
     group.throughput(Throughput::Elements(spans));
-    group.bench_function("protobuf", |b| {
-        b.iter(|| {
-            let raw = traceloom::otlp::raw_spans(&proto, 1);
-            let request = ExportTraceServiceRequest::decode(proto.clone()).unwrap();
-            let split = validate::split_by_trace(request.resource_spans, Vec::new(), raw);
-            assert_eq!(split.accepted, spans as usize);
-            split
-        })
-    });
-    group.bench_function("json", |b| {
-        b.iter(|| {
-            let (resource_spans, prior) = json::decode_request(&json_body).unwrap();
-            let split = validate::split_by_trace(resource_spans, prior, None);
-            assert_eq!(split.accepted, spans as usize);
-            split
-        })
-    });
+    let json_body = bytes::Bytes::from(json_body);
+    for (name, body, content_type) in [
+        ("protobuf", &proto, ContentType::Protobuf),
+        ("json", &json_body, ContentType::Json),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let (resources, prior) = decode_body(body.clone(), content_type).unwrap();
+                let split = validate::split_by_trace(resources, prior);
+                assert_eq!(split.accepted, spans as usize);
+                split
+            })
+        });
+    }
     group.finish();
 }
 

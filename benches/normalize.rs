@@ -4,8 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use traceloom::mlflow;
-use traceloom::model::TraceSpans;
-use traceloom::receive::validate::split_by_trace;
+use traceloom::model::{SpanGroup, TraceId};
 use traceloom::testkit::{self, kv, kv_int};
 
 #[global_allocator]
@@ -14,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const TRACES: usize = 64;
 const SPANS_PER_TRACE: usize = 8;
 
-fn traces(genai: bool) -> Vec<TraceSpans> {
+fn traces(genai: bool) -> Vec<(TraceId, Vec<SpanGroup>)> {
     let mut request = testkit::request(1, TRACES, SPANS_PER_TRACE, if genai { 1000 } else { 0 });
     if !genai {
         for span in &mut request.resource_spans[0].scope_spans[0].spans {
@@ -26,7 +25,11 @@ fn traces(genai: bool) -> Vec<TraceSpans> {
             ];
         }
     }
-    split_by_trace(request.resource_spans, Vec::new(), None).traces
+    testkit::split(&request.resource_spans)
+        .traces
+        .iter()
+        .map(|t| (t.trace_id, t.decode()))
+        .collect()
 }
 
 fn normalize(c: &mut Criterion) {
@@ -38,7 +41,7 @@ fn normalize(c: &mut Criterion) {
             b.iter(|| {
                 input
                     .iter()
-                    .map(|t| mlflow::build(t.trace_id, &t.groups, None, "0").0)
+                    .map(|(id, groups)| mlflow::build(*id, groups, None, "0").0)
                     .collect::<Vec<_>>()
             })
         });
@@ -46,9 +49,8 @@ fn normalize(c: &mut Criterion) {
             b.iter(|| {
                 input
                     .iter()
-                    .map(|t| {
-                        serde_json::to_vec(&mlflow::build(t.trace_id, &t.groups, None, "0").0)
-                            .unwrap()
+                    .map(|(id, groups)| {
+                        serde_json::to_vec(&mlflow::build(*id, groups, None, "0").0).unwrap()
                     })
                     .map(|v| v.len())
                     .sum::<usize>()

@@ -128,23 +128,13 @@ impl Origin {
     }
 }
 
-/// Spans of one trace that share an origin.
+/// Spans of one trace that share an origin, decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpanGroup {
     /// Their resource and scope.
     pub origin: Arc<Origin>,
     /// The spans, in request order.
     pub spans: Vec<Span>,
-    /// Each span's message as it was encoded in the request, or empty when that is not known
-    /// (OTLP/JSON): the log then encodes the decoded spans.
-    pub raw: Vec<Bytes>,
-}
-
-impl SpanGroup {
-    /// Each span's encoding as it arrived, when known for every one.
-    pub fn raw(&self) -> Option<&[Bytes]> {
-        (self.raw.len() == self.spans.len()).then_some(&self.raw[..])
-    }
 }
 
 /// `groups` in OTLP shape: one `ResourceSpans` with one `ScopeSpans` per group (the shape of the
@@ -164,13 +154,55 @@ pub fn resource_spans(groups: &[SpanGroup]) -> Vec<ResourceSpans> {
         .collect()
 }
 
+/// Decodes spans that were checked on arrival ([`crate::otlp::wire`]), which guarantees that
+/// they decode.
+pub fn decode_spans<'a>(encoded: impl IntoIterator<Item = &'a Bytes>) -> Vec<Span> {
+    use prost::Message;
+    encoded
+        .into_iter()
+        .map(|b| Span::decode(b.clone()).expect("spans are checked on arrival"))
+        .collect()
+}
+
+/// A valid span as it arrived: the ids that assembly reads, and the `Span` message still
+/// encoded. Receiving reads no more than ids and times; a span is decoded once, when its trace
+/// is released.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArrivedSpan {
+    /// `span_id`.
+    pub span_id: SpanId,
+    /// `parent_span_id`; `None` for a root.
+    pub parent_span_id: Option<SpanId>,
+    /// The `Span` message, as the request encoded it.
+    pub encoded: Bytes,
+}
+
+/// Spans of one trace from one request that share an origin, as they arrived.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArrivedGroup {
+    /// Their resource and scope.
+    pub origin: Arc<Origin>,
+    /// The spans, in request order.
+    pub spans: Vec<ArrivedSpan>,
+}
+
+impl ArrivedGroup {
+    /// The spans decoded.
+    pub fn decode(&self) -> SpanGroup {
+        SpanGroup {
+            origin: Arc::clone(&self.origin),
+            spans: decode_spans(self.spans.iter().map(|s| &s.encoded)),
+        }
+    }
+}
+
 /// The valid spans of one trace from one request, grouped by origin.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TraceSpans {
     /// The trace every span belongs to.
     pub trace_id: TraceId,
     /// The spans, by origin, in order of first appearance.
-    pub groups: Vec<SpanGroup>,
+    pub groups: Vec<ArrivedGroup>,
 }
 
 impl TraceSpans {
@@ -179,15 +211,15 @@ impl TraceSpans {
         self.groups.iter().map(|g| g.spans.len()).sum()
     }
 
-    /// The spans in OTLP shape, see [`resource_spans`].
-    pub fn to_resource_spans(&self) -> Vec<ResourceSpans> {
-        resource_spans(&self.groups)
+    /// The spans decoded, grouped by origin.
+    pub fn decode(&self) -> Vec<SpanGroup> {
+        self.groups.iter().map(ArrivedGroup::decode).collect()
     }
 }
 
 /// Where one trace of a batch sits in the ingest log: its record's position, and each span's
 /// encoding (in the order of the trace's groups and spans), sliced from the record. The
-/// assembler holds these slices rather than encoding each span again.
+/// assembler holds these slices, which pin only the record, not the whole request.
 #[derive(Clone, Debug)]
 pub struct LoggedTrace {
     /// The record's position in the log.
@@ -197,16 +229,13 @@ pub struct LoggedTrace {
 }
 
 impl LoggedTrace {
-    /// `trace`'s spans encoded one by one, for records read back (replay) rather than written.
-    pub fn encode(position: u64, trace: &TraceSpans) -> Self {
-        use prost::Message;
+    /// `trace`'s spans where they already are, for records read back (replay) rather than
+    /// written: replay reads them out of the record.
+    pub fn of(position: u64, trace: &TraceSpans) -> Self {
         let spans = trace
             .groups
             .iter()
-            .flat_map(|g| match g.raw() {
-                Some(raw) => raw.to_vec(),
-                None => g.spans.iter().map(|s| s.encode_to_vec().into()).collect(),
-            })
+            .flat_map(|g| g.spans.iter().map(|s| s.encoded.clone()))
             .collect();
         Self { position, spans }
     }

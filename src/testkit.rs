@@ -226,13 +226,13 @@ pub fn genai_traces(
     attr_bytes: usize,
 ) -> Vec<crate::model::AssembledTrace> {
     let request = request(1, count, spans_per_trace, attr_bytes);
-    crate::receive::validate::split_by_trace(request.resource_spans, Vec::new(), None)
+    split(&request.resource_spans)
         .traces
         .into_iter()
         .map(|t| {
             assembled(
                 t.trace_id,
-                t.to_resource_spans(),
+                crate::model::resource_spans(&t.decode()),
                 1,
                 crate::assemble::ReleaseReason::Complete,
             )
@@ -240,8 +240,14 @@ pub fn genai_traces(
         .collect()
 }
 
-/// [`request`] as the receiver hands it on: decoded from its encoding (string fields slicing it,
-/// each span's encoding noted), validated and split by trace.
+/// `resource_spans` as a receiver splits them, read from their encoding.
+pub fn split(resource_spans: &[ResourceSpans]) -> crate::receive::validate::Split {
+    let blocks = crate::otlp::wire::blocks_of(resource_spans).expect("well-formed spans");
+    crate::receive::validate::split_by_trace(blocks, Vec::new())
+}
+
+/// [`request`] as the receiver hands it on: read from its encoding (spans and string fields
+/// slicing it), validated and split by trace.
 pub fn batch(
     seed: u64,
     traces: usize,
@@ -249,8 +255,7 @@ pub fn batch(
     attr_bytes: usize,
 ) -> crate::model::SpanBatch {
     let body = Bytes::from(request(seed, traces, spans_per_trace, attr_bytes).encode_to_vec());
-    let raw = crate::otlp::raw_spans(&body, 1);
-    let decoded = ExportTraceServiceRequest::decode(body.clone()).expect("a request just encoded");
+    let blocks = crate::receive::decode::decode_protobuf(&body).expect("a request just encoded");
     crate::model::SpanBatch {
         meta: crate::model::ReceiveMeta {
             receiver: "otlp".into(),
@@ -259,7 +264,6 @@ pub fn batch(
             experiment_id: None,
         },
         encoded_bytes: body.len(),
-        traces: crate::receive::validate::split_by_trace(decoded.resource_spans, Vec::new(), raw)
-            .traces,
+        traces: crate::receive::validate::split_by_trace(blocks, Vec::new()).traces,
     }
 }

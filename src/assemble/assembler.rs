@@ -13,8 +13,9 @@ use prost::Message;
 
 use super::config::AssembleConfig;
 use crate::config::units::ByteSize;
-use crate::model::{LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId};
-use crate::otlp::Span;
+use crate::model::{
+    ArrivedSpan, LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId, decode_spans,
+};
 
 /// Why a trace revision was released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,15 +94,7 @@ impl Release {
             .iter()
             .map(|g| SpanGroup {
                 origin: Arc::clone(&g.origin),
-                // Stages may change the decoded spans; nothing after assembly needs these.
-                raw: Vec::new(),
-                spans: g
-                    .spans
-                    .iter()
-                    .map(|b| {
-                        Span::decode(b.clone()).expect("held spans are encoded by the assembler")
-                    })
-                    .collect(),
+                spans: decode_spans(&g.spans),
             })
             .collect()
     }
@@ -284,11 +277,11 @@ impl Assembler {
         &mut self,
         (trace_id, position): (TraceId, u64),
         origin: &Arc<Origin>,
-        (span, blob): (&Span, &Bytes),
+        (span, blob): (&ArrivedSpan, &Bytes),
         experiment: Option<Arc<str>>,
         now: Instant,
     ) {
-        let span_id = SpanId::from_slice(&span.span_id).expect("spans are validated at receive");
+        let span_id = span.span_id;
         let state = self.traces.entry(trace_id).or_insert_with(|| {
             self.by_age.insert((position, trace_id));
             TraceState {
@@ -338,7 +331,7 @@ impl Assembler {
         }
         state.bytes += bytes;
         self.bytes += bytes;
-        state.root_seen |= span.parent_span_id.is_empty();
+        state.root_seen |= span.parent_span_id.is_none();
         state.last_seen = now;
         state.experiment = state.experiment.take().or(experiment);
         let due = due(&self.config, state);

@@ -5,10 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
 use crate::config::units::{ByteSize, HumanDuration};
-use crate::model::{
-    LoggedTrace, Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans,
-};
-use crate::otlp::Span;
+use crate::model::{LoggedTrace, Protocol, ReceiveMeta, SpanBatch, TraceId};
+use crate::otlp::{ResourceSpans, ScopeSpans, Span};
 use crate::testkit;
 
 const T: [u8; 16] = [1; 16];
@@ -26,6 +24,15 @@ fn config() -> AssembleConfig {
 }
 
 fn batch(trace: [u8; 16], spans: Vec<Span>, experiment: Option<&str>) -> SpanBatch {
+    let request = vec![ResourceSpans {
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..ScopeSpans::default()
+        }],
+        ..ResourceSpans::default()
+    }];
+    let traces = testkit::split(&request).traces;
+    assert!(traces.iter().all(|t| t.trace_id == TraceId(trace)));
     SpanBatch {
         meta: ReceiveMeta {
             receiver: "otlp".into(),
@@ -33,14 +40,7 @@ fn batch(trace: [u8; 16], spans: Vec<Span>, experiment: Option<&str>) -> SpanBat
             received_at: SystemTime::UNIX_EPOCH,
             experiment_id: experiment.map(Arc::from),
         },
-        traces: vec![TraceSpans {
-            trace_id: TraceId(trace),
-            groups: vec![SpanGroup {
-                origin: Arc::new(Origin::default()),
-                spans,
-                raw: Vec::new(),
-            }],
-        }],
+        traces,
         encoded_bytes: 100,
     }
 }

@@ -9,8 +9,10 @@ use bytes::Bytes;
 use prost::Message;
 use prost::encoding;
 
-use super::proto::{self, SpanRecord};
-use crate::model::{Origin, Protocol, ReceiveMeta, SpanBatch, SpanGroup, TraceId, TraceSpans};
+use super::proto::{self, SpanRecordHead};
+use crate::model::{ArrivedGroup, Protocol, ReceiveMeta, SpanBatch, TraceId, TraceSpans};
+use crate::otlp::wire::{self, WireError};
+use crate::receive::validate::{self, SpanError};
 
 /// One trace's record as the ingest log stores it, and each span's encoding sliced out of it
 /// (in the order of the trace's groups and spans). The assembler holds those slices, so a span
@@ -78,12 +80,9 @@ struct GroupLens {
 }
 
 impl GroupLens {
-    fn of(group: &SpanGroup) -> Self {
+    fn of(group: &ArrivedGroup) -> Self {
         let origin = &group.origin;
-        let spans: Vec<usize> = match group.raw() {
-            Some(raw) => raw.iter().map(Bytes::len).collect(),
-            None => group.spans.iter().map(Message::encoded_len).collect(),
-        };
+        let spans: Vec<usize> = group.spans.iter().map(|s| s.encoded.len()).collect();
         let scope = origin
             .scope
             .as_ref()
@@ -106,7 +105,7 @@ impl GroupLens {
 
 /// `group` as record field 2; notes where each span's message lands in `buf`.
 fn encode_group(
-    group: &SpanGroup,
+    group: &ArrivedGroup,
     lens: &GroupLens,
     buf: &mut Vec<u8>,
     ranges: &mut Vec<Range<usize>>,
@@ -120,14 +119,10 @@ fn encode_group(
     if let Some(scope) = &origin.scope {
         encoding::message::encode(1, scope, buf);
     }
-    let raw = group.raw();
-    for (i, (span, &len)) in group.spans.iter().zip(&lens.spans).enumerate() {
+    for (span, &len) in group.spans.iter().zip(&lens.spans) {
         delimit(2, len, buf);
         let start = buf.len();
-        match raw {
-            Some(raw) => buf.extend_from_slice(&raw[i]),
-            None => span.encode_raw(buf),
-        }
+        buf.extend_from_slice(&span.encoded);
         ranges.push(start..buf.len());
     }
     put_bytes(3, &origin.scope_schema_url, buf);
@@ -168,9 +163,18 @@ pub enum RecordError {
     /// Not a `SpanRecord` message.
     #[error("not a span record: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// A span in it is not well-formed.
+    #[error("not a span record: {0}")]
+    Spans(#[from] WireError),
     /// The trace id is not 16 bytes.
     #[error("trace_id has {0} bytes, expected 16")]
     TraceId(usize),
+    /// A span breaks the rules receiving checks.
+    #[error("invalid span: {0}")]
+    Span(#[from] SpanError),
+    /// A span belongs to another trace than the record's.
+    #[error("a span of trace {0} in the record of another trace")]
+    OtherTrace(TraceId),
 }
 
 /// A stored record as a one-trace batch, ready for the assembler.
@@ -179,37 +183,33 @@ pub enum RecordError {
 ///
 /// [`RecordError`] when the bytes are not a valid record.
 pub fn decode(payload: &[u8]) -> Result<SpanBatch, RecordError> {
-    // One copy, which every field and span then slices.
+    // One copy, which every field and span then slices, so that replay holds the very bytes the
+    // running process held.
     let payload = Bytes::copy_from_slice(payload);
-    let record = SpanRecord::decode(payload.clone())?;
-    // The spans as recorded, so that replay holds the very bytes the running process held.
-    let mut raw = crate::otlp::raw_spans(&payload, 2)
-        .unwrap_or_default()
-        .into_iter()
-        .flatten();
+    let head = SpanRecordHead::decode(payload.clone())?;
     let trace_id =
-        TraceId::from_slice(&record.trace_id).ok_or(RecordError::TraceId(record.trace_id.len()))?;
+        TraceId::from_slice(&head.trace_id).ok_or(RecordError::TraceId(head.trace_id.len()))?;
     let mut groups = Vec::new();
-    for rs in record.resource_spans {
-        for ss in rs.scope_spans {
-            groups.push(SpanGroup {
-                origin: Arc::new(Origin {
-                    resource: rs.resource.clone(),
-                    resource_schema_url: rs.schema_url.clone(),
-                    scope: ss.scope,
-                    scope_schema_url: ss.schema_url,
-                }),
-                raw: raw.next().unwrap_or_default(),
-                spans: ss.spans,
-            });
+    for mut resource in wire::read_resource_spans(&payload, 2)? {
+        for mut scope in std::mem::take(&mut resource.scopes) {
+            let origin = validate::origin(&resource, &mut scope);
+            let spans = scope
+                .spans
+                .into_iter()
+                .map(|span| match validate::check_span(span)? {
+                    (id, span) if id == trace_id => Ok(span),
+                    (id, _) => Err(RecordError::OtherTrace(id)),
+                })
+                .collect::<Result<_, RecordError>>()?;
+            groups.push(ArrivedGroup { origin, spans });
         }
     }
     Ok(SpanBatch {
         meta: ReceiveMeta {
-            receiver: Arc::from(record.receiver),
-            protocol: protocol_from_proto(record.protocol),
-            received_at: UNIX_EPOCH + Duration::from_nanos(record.received_at_unix_nano),
-            experiment_id: record.experiment_id.map(Arc::from),
+            receiver: Arc::from(head.receiver),
+            protocol: protocol_from_proto(head.protocol),
+            received_at: UNIX_EPOCH + Duration::from_nanos(head.received_at_unix_nano),
+            experiment_id: head.experiment_id.map(Arc::from),
         },
         traces: vec![TraceSpans { trace_id, groups }],
         encoded_bytes: payload.len(),
@@ -235,6 +235,8 @@ fn protocol_from_proto(p: i32) -> Protocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::proto::SpanRecord;
+    use crate::model::Origin;
     use crate::otlp::Span;
     use crate::testkit;
 
@@ -261,29 +263,34 @@ mod tests {
     #[test]
     fn records_hold_each_span_as_it_arrived() {
         let mut batch = testkit::batch(3, 1, 2, 10);
-        let group = &mut batch.traces[0].groups[0];
+        let span = &mut batch.traces[0].groups[0].spans[1];
         // A field this version of OTLP does not know: kept in the copy, dropped by decoding.
-        let mut arrived = group.spans[1].encode_to_vec();
+        let mut arrived = span.encoded.to_vec();
         arrived.extend_from_slice(&[0x98, 0x06, 0x01]);
-        group.raw[1] = Bytes::from(arrived.clone());
+        span.encoded = Bytes::from(arrived.clone());
         let records = encode(&batch);
         assert_eq!(records[0].spans[1], arrived);
         let back = decode(&records[0].bytes).unwrap();
         assert_eq!(
-            back.traces[0].groups[0].raw[1], arrived,
+            back.traces[0].groups[0].spans[1].encoded, arrived,
             "replay holds the same bytes"
         );
-        assert_eq!(
-            back.traces[0].groups[0].spans,
-            batch.traces[0].groups[0].spans
-        );
-        // Without the encodings (OTLP/JSON), the decoded spans are encoded.
-        batch.traces[0].groups[0].raw.clear();
+        assert_eq!(back.traces, batch.traces);
+    }
+
+    #[test]
+    fn unreadable_records_are_refused_with_the_reason() {
+        let batch = testkit::batch(4, 2, 2, 10);
         let records = encode(&batch);
-        assert_eq!(
-            records[0].spans[1],
-            batch.traces[0].groups[0].spans[1].encode_to_vec()
-        );
+        let cut = &records[0].bytes[..records[0].bytes.len() - 40];
+        let err = decode(cut).unwrap_err().to_string();
+        assert!(err.starts_with("not a span record: "), "{err}");
+        // A record whose span belongs to another trace (never written, but checked).
+        let mut mixed = batch.clone();
+        let stray = mixed.traces[1].groups[0].spans[0].clone();
+        mixed.traces[0].groups[0].spans.push(stray);
+        let err = decode(&encode(&mixed)[0].bytes).unwrap_err();
+        assert!(matches!(err, RecordError::OtherTrace(id) if id == batch.traces[1].trace_id));
     }
 
     /// What prost writes for the record `encode` writes by hand.
@@ -291,7 +298,7 @@ mod tests {
         let received = batch.meta.received_at.duration_since(UNIX_EPOCH).unwrap();
         SpanRecord {
             trace_id: Bytes::copy_from_slice(&trace.trace_id.0),
-            resource_spans: trace.to_resource_spans(),
+            resource_spans: crate::model::resource_spans(&trace.decode()),
             receiver: batch.meta.receiver.to_string(),
             protocol: protocol_to_proto(batch.meta.protocol) as i32,
             received_at_unix_nano: received.as_nanos() as u64,
@@ -313,10 +320,10 @@ mod tests {
         batch.meta.experiment_id = Some(Arc::from(""));
         for (record, trace) in encode(&batch).iter().zip(&batch.traces) {
             assert_eq!(record.bytes[..], prost_record(&batch, trace)[..]);
-            let spans: Vec<&Span> = trace.groups.iter().flat_map(|g| &g.spans).collect();
+            let spans: Vec<Span> = trace.decode().into_iter().flat_map(|g| g.spans).collect();
             assert_eq!(record.spans.len(), spans.len());
             for (slice, span) in record.spans.iter().zip(spans) {
-                assert_eq!(&Span::decode(slice.clone()).unwrap(), span);
+                assert_eq!(Span::decode(slice.clone()).unwrap(), span);
             }
         }
     }

@@ -454,7 +454,6 @@ mod tests {
         SpanGroup {
             origin: Arc::clone(origin),
             spans,
-            raw: Vec::new(),
         }
     }
 

@@ -8,11 +8,10 @@
 use std::io::Read;
 
 use bytes::Bytes;
-use prost::Message;
 
 use super::json::{self, JsonError};
 use super::validate::Rejection;
-use crate::otlp::{ExportTraceServiceRequest, RawSpans, ResourceSpans};
+use crate::otlp::wire::{self, ResourceBlock, WireError};
 
 /// The body's `Content-Encoding`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,7 +117,7 @@ pub enum DecodeError {
     },
     /// The body is not a protobuf `ExportTraceServiceRequest`.
     #[error("invalid protobuf ExportTraceServiceRequest: {0}")]
-    Protobuf(#[from] prost::DecodeError),
+    Protobuf(#[from] WireError),
     /// The body is not OTLP/JSON.
     #[error(transparent)]
     Json(#[from] JsonError),
@@ -162,23 +161,18 @@ fn read_bounded(reader: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Decodes a protobuf `ExportTraceServiceRequest` into its resource spans and each span's
-/// encoding as it arrived (for the log to copy).
+/// Reads a protobuf `ExportTraceServiceRequest`: resources and scopes decoded, each span's ids
+/// and times read and the rest of its encoding checked ([`crate::otlp::wire`]).
 ///
 /// # Errors
 ///
-/// When `body` is not a valid request.
-pub fn decode_protobuf(
-    body: Bytes,
-) -> Result<(Vec<ResourceSpans>, Option<RawSpans>), prost::DecodeError> {
-    let raw = crate::otlp::raw_spans(&body, 1);
-    // Decoding from `Bytes` makes every string field a slice of `body`, not a copy.
-    Ok((ExportTraceServiceRequest::decode(body)?.resource_spans, raw))
+/// When `body` is not a valid request, naming where.
+pub fn decode_protobuf(body: &Bytes) -> Result<Vec<ResourceBlock>, WireError> {
+    wire::read_resource_spans(body, 1)
 }
 
-/// A decoded body: resource spans, their encodings if the body was protobuf, and spans refused
-/// while decoding.
-pub type DecodedBody = ((Vec<ResourceSpans>, Option<RawSpans>), Vec<Rejection>);
+/// A decoded body: resource spans, and spans refused while decoding.
+pub type DecodedBody = (Vec<ResourceBlock>, Vec<Rejection>);
 
 /// Decodes an uncompressed body.
 ///
@@ -187,10 +181,10 @@ pub type DecodedBody = ((Vec<ResourceSpans>, Option<RawSpans>), Vec<Rejection>);
 /// [`DecodeError::Protobuf`] or [`DecodeError::Json`] with what failed and where.
 pub fn decode_body(body: Bytes, content_type: ContentType) -> Result<DecodedBody, DecodeError> {
     match content_type {
-        ContentType::Protobuf => Ok((decode_protobuf(body)?, Vec::new())),
+        ContentType::Protobuf => Ok((decode_protobuf(&body)?, Vec::new())),
         ContentType::Json => {
             let (resource_spans, prior) = json::decode_request(&body)?;
-            Ok(((resource_spans, None), prior))
+            Ok((wire::blocks_of(&resource_spans)?, prior))
         }
     }
 }

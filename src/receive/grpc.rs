@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status};
 use super::{EXPERIMENT_HEADER, Exporter, SubmitError};
 use crate::config::units::ByteSize;
 use crate::model::Protocol;
-use crate::otlp::{RawSpans, ResourceSpans};
+use crate::otlp::wire::ResourceBlock;
 
 /// The gRPC path of OTLP trace export.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -148,7 +148,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceService {
 
 /// A decoded request and its size in bytes.
 /// A decoded request's resource spans, their spans' encodings, and its size.
-type Sized = ((Vec<ResourceSpans>, Option<RawSpans>), usize);
+type Sized = (Vec<ResourceBlock>, usize);
 
 struct ExportMethod(Arc<Exporter>);
 
@@ -222,9 +222,9 @@ impl Decoder for SizedCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Sized>, Status> {
         let size = src.remaining();
-        // One slice of tonic's buffer; every string field then slices it in turn.
+        // One slice of tonic's buffer; every span and string field then slices it in turn.
         let message = src.copy_to_bytes(size);
-        super::decode::decode_protobuf(message)
+        super::decode::decode_protobuf(&message)
             .map(|spans| Some((spans, size)))
             .map_err(|e| {
                 Status::invalid_argument(format!("invalid protobuf ExportTraceServiceRequest: {e}"))

@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::model::{Protocol, ReceiveMeta, SpanBatch};
-use crate::otlp::{RawSpans, ResourceSpans};
+use crate::otlp::wire::ResourceBlock;
 use crate::telemetry::metrics::{Metrics, ReceiverMetrics, RefuseReason};
 use validate::Rejection;
 
@@ -92,9 +92,8 @@ impl Exporter {
 
     /// Validates and submits decoded spans; returns the OTLP response to send.
     ///
-    /// `raw` are the spans' encodings as they arrived ([`crate::otlp::raw_spans`]), when the
-    /// request was protobuf; `prior` are spans already refused by the decoder; `encoded_bytes` is
-    /// the decoded body size, the cost of the batch in the pipeline's byte-bounded queue.
+    /// `prior` are spans already refused by the decoder; `encoded_bytes` is the decoded body
+    /// size, the cost of the batch in the pipeline's byte-bounded queue.
     ///
     /// # Errors
     ///
@@ -103,11 +102,11 @@ impl Exporter {
         &self,
         protocol: Protocol,
         experiment_id: Option<&str>,
-        (resource_spans, raw): (Vec<ResourceSpans>, Option<RawSpans>),
+        resources: Vec<ResourceBlock>,
         prior: Vec<Rejection>,
         encoded_bytes: usize,
     ) -> Result<ExportTraceServiceResponse, SubmitError> {
-        let split = validate::split_by_trace(resource_spans, prior, raw);
+        let split = validate::split_by_trace(resources, prior);
         self.metrics
             .refused(RefuseReason::Invalid, split.rejections.len());
         let partial_success =

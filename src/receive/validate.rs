@@ -12,9 +12,8 @@ use std::fmt;
 
 use std::sync::Arc;
 
-use crate::otlp::{RawSpans, ResourceSpans, Span};
-
-use crate::model::{Origin, SpanGroup, TraceId, TraceSpans};
+use crate::model::{ArrivedGroup, ArrivedSpan, Origin, SpanId, TraceId, TraceSpans};
+use crate::otlp::wire::{ResourceBlock, ScopeBlock, WireSpan};
 
 /// How many rejection reasons the `partial_success.error_message` lists before summarising.
 const MAX_LISTED_REJECTIONS: usize = 3;
@@ -119,43 +118,58 @@ impl Split {
 }
 
 /// Checks one span against the OTLP id and time rules.
-pub fn check_span(span: &Span) -> Result<TraceId, SpanError> {
-    let trace_id =
-        TraceId::from_slice(&span.trace_id).ok_or(SpanError::TraceIdLength(span.trace_id.len()))?;
+pub fn check_span(span: WireSpan) -> Result<(TraceId, ArrivedSpan), SpanError> {
+    let head = span.head;
+    let trace_id = head
+        .trace_id
+        .get()
+        .map(TraceId)
+        .ok_or(SpanError::TraceIdLength(head.trace_id.len()))?;
     if trace_id.0 == [0; 16] {
         return Err(SpanError::TraceIdZero);
     }
-    if span.span_id.len() != 8 {
-        return Err(SpanError::SpanIdLength(span.span_id.len()));
-    }
-    if span.span_id.iter().all(|&b| b == 0) {
+    let span_id = head
+        .span_id
+        .get()
+        .map(SpanId)
+        .ok_or(SpanError::SpanIdLength(head.span_id.len()))?;
+    if span_id.0 == [0; 8] {
         return Err(SpanError::SpanIdZero);
     }
-    if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-        return Err(SpanError::ParentSpanIdLength(span.parent_span_id.len()));
+    let parent = head.parent_span_id;
+    if !parent.is_empty() && parent.get().is_none() {
+        return Err(SpanError::ParentSpanIdLength(parent.len()));
     }
-    if span.end_time_unix_nano < span.start_time_unix_nano {
+    if head.end_time_unix_nano < head.start_time_unix_nano {
         return Err(SpanError::EndBeforeStart {
-            start: span.start_time_unix_nano,
-            end: span.end_time_unix_nano,
+            start: head.start_time_unix_nano,
+            end: head.end_time_unix_nano,
         });
     }
-    Ok(trace_id)
+    let arrived = ArrivedSpan {
+        span_id,
+        parent_span_id: parent.get().map(SpanId),
+        encoded: span.encoded,
+    };
+    Ok((trace_id, arrived))
+}
+
+/// The origin of the spans of `scope`, a scope of `resource`.
+pub fn origin(resource: &ResourceBlock, scope: &mut ScopeBlock) -> Arc<Origin> {
+    Arc::new(Origin {
+        resource: resource.resource.clone(),
+        resource_schema_url: resource.schema_url.clone(),
+        scope: scope.scope.take(),
+        scope_schema_url: std::mem::take(&mut scope.schema_url),
+    })
 }
 
 /// Validates every span of a request and groups the valid ones by trace id.
 ///
 /// `prior` holds spans already refused while decoding (OTLP/JSON ids that are not hex); their
-/// slots in the request are skipped and they are reported with the others. Resources and scopes are cloned once per trace that uses them,
-/// so each group is self-contained.
-///
-/// `raw` holds each span's encoding as it arrived ([`crate::otlp::raw_spans`] of the request), for
-/// the log to copy; without it the log encodes the decoded spans.
-pub fn split_by_trace(
-    resource_spans: Vec<ResourceSpans>,
-    prior: Vec<Rejection>,
-    raw: Option<RawSpans>,
-) -> Split {
+/// slots in the request are skipped and they are reported with the others. Each resource and
+/// scope is shared (one `Arc`) by every trace that has spans under it.
+pub fn split_by_trace(resources: Vec<ResourceBlock>, prior: Vec<Rejection>) -> Split {
     let refused: HashSet<SpanPath> = prior.iter().map(|r| r.path).collect();
     let mut out = Split {
         rejections: prior,
@@ -164,21 +178,10 @@ pub fn split_by_trace(
     let mut index: HashMap<TraceId, usize> = HashMap::new();
     // For each group, the (resource, scope) indexes its last entry came from.
     let mut origins: Vec<(usize, usize)> = Vec::new();
-    for (r, mut rs) in resource_spans.into_iter().enumerate() {
-        let scopes = std::mem::take(&mut rs.scope_spans);
-        for (s, mut ss) in scopes.into_iter().enumerate() {
-            let spans = std::mem::take(&mut ss.spans);
-            let raw = raw
-                .as_ref()
-                .and_then(|raw| raw.get(r)?.get(s))
-                .filter(|raw| raw.len() == spans.len());
-            let origin = Arc::new(Origin {
-                resource: rs.resource.clone(),
-                resource_schema_url: rs.schema_url.clone(),
-                scope: ss.scope.take(),
-                scope_schema_url: std::mem::take(&mut ss.schema_url),
-            });
-            for (i, span) in spans.into_iter().enumerate() {
+    for (r, mut rb) in resources.into_iter().enumerate() {
+        for (s, mut sb) in std::mem::take(&mut rb.scopes).into_iter().enumerate() {
+            let origin = origin(&rb, &mut sb);
+            for (i, span) in sb.spans.into_iter().enumerate() {
                 let path = SpanPath {
                     resource: r,
                     scope: s,
@@ -187,8 +190,8 @@ pub fn split_by_trace(
                 if !refused.is_empty() && refused.contains(&path) {
                     continue;
                 }
-                let trace_id = match check_span(&span) {
-                    Ok(id) => id,
+                let (trace_id, span) = match check_span(span) {
+                    Ok(checked) => checked,
                     Err(error) => {
                         out.rejections.push(Rejection { path, error });
                         continue;
@@ -204,18 +207,13 @@ pub fn split_by_trace(
                 });
                 let groups = &mut out.traces[slot].groups;
                 if origins[slot] != (r, s) {
-                    groups.push(SpanGroup {
+                    groups.push(ArrivedGroup {
                         origin: Arc::clone(&origin),
                         spans: Vec::new(),
-                        raw: Vec::new(),
                     });
                     origins[slot] = (r, s);
                 }
-                let group = groups.last_mut().expect("pushed above");
-                group.spans.push(span);
-                if let Some(raw) = raw {
-                    group.raw.push(raw[i].clone());
-                }
+                groups.last_mut().expect("pushed above").spans.push(span);
                 out.accepted += 1;
             }
         }
@@ -228,18 +226,21 @@ pub fn split_by_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::wire::blocks_of;
+    use crate::otlp::{ResourceSpans, Span};
     use crate::testkit;
 
     fn span(trace: u8, span: u8, parent: &[u8]) -> Span {
         testkit::span([trace; 16], [span; 8], parent, "op")
     }
 
-    fn request(resources: Vec<Vec<Span>>) -> Vec<ResourceSpans> {
-        resources
+    fn request(resources: Vec<Vec<Span>>) -> Vec<ResourceBlock> {
+        let request: Vec<ResourceSpans> = resources
             .into_iter()
             .enumerate()
             .map(|(i, spans)| testkit::resource_spans(&format!("svc-{i}"), spans))
-            .collect()
+            .collect();
+        blocks_of(&request).unwrap()
     }
 
     #[test]
@@ -249,7 +250,7 @@ mod tests {
             span(1, 2, &[]),
             span(2, 3, &[1; 8]),
         ]]);
-        let split = split_by_trace(req, vec![], None);
+        let split = split_by_trace(req, vec![]);
         assert_eq!(split.accepted, 3);
         let ids: Vec<_> = split.traces.iter().map(|t| t.trace_id).collect();
         assert_eq!(ids, vec![TraceId([2; 16]), TraceId([1; 16])]);
@@ -268,8 +269,8 @@ mod tests {
             vec![span(1, 1, &[])],
             vec![span(1, 2, &[1; 8]), span(3, 3, &[])],
         ]);
-        let split = split_by_trace(req, vec![], None);
-        let t1 = split.traces[0].to_resource_spans();
+        let split = split_by_trace(req, vec![]);
+        let t1 = crate::model::resource_spans(&split.traces[0].decode());
         let names: Vec<_> = t1
             .iter()
             .map(|rs| testkit::service_name(rs).unwrap())
@@ -298,7 +299,7 @@ mod tests {
                 ..span(1, 7, &[])
             },
         ]]);
-        let split = split_by_trace(req, vec![], None);
+        let split = split_by_trace(req, vec![]);
         assert_eq!(split.accepted, 1);
         let errors: Vec<_> = split.rejections.iter().map(|r| r.error.clone()).collect();
         assert_eq!(
@@ -324,7 +325,7 @@ mod tests {
 
     #[test]
     fn no_message_when_everything_is_valid() {
-        let split = split_by_trace(request(vec![vec![span(1, 1, &[])]]), vec![], None);
+        let split = split_by_trace(request(vec![vec![span(1, 1, &[])]]), vec![]);
         assert!(split.error_message().is_none());
         assert!(split.rejections.is_empty());
     }

@@ -374,7 +374,7 @@ impl Pipeline {
                 match record::decode(&payload) {
                     Ok(batch) => {
                         spans += batch.traces.iter().map(|t| t.span_count()).sum::<usize>();
-                        let logged = LoggedTrace::encode(position, &batch.traces[0]);
+                        let logged = LoggedTrace::of(position, &batch.traces[0]);
                         assembler.ingest_held(&batch, &[logged], Instant::now());
                         records += 1;
                     }

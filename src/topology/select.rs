@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::config::pattern::Pattern;
 use crate::mlflow::attributes;
 use crate::mlflow::trace::EXPERIMENT_RESOURCE_ATTRIBUTE;
-use crate::model::{ReceiveMeta, SpanGroup, TraceSpans};
+use crate::model::{ArrivedGroup, ReceiveMeta, TraceSpans};
 use crate::otlp::text;
 use crate::stages::condition::value_matches;
 
@@ -73,7 +73,7 @@ impl Select {
 }
 
 impl Selector {
-    fn matches(&self, meta: &ReceiveMeta, group: &SpanGroup) -> bool {
+    fn matches(&self, meta: &ReceiveMeta, group: &ArrivedGroup) -> bool {
         let origin = &group.origin;
         let resource = |key: &str, p: &Pattern| {
             origin.resource.as_ref().is_some_and(|r| {
@@ -94,14 +94,21 @@ impl Selector {
                 .as_ref()
                 .is_none_or(|p| resource("service.name", p))
             && self.resource.iter().all(|(k, p)| resource(k, p))
-            && self.attributes.iter().all(|(key, p)| {
-                group.spans.iter().any(|span| {
-                    span.attributes.iter().any(|kv| {
-                        text(&kv.key) == key.as_str()
-                            && value_matches(p, &attributes::encode(kv.value.as_ref()))
-                    })
+            && (self.attributes.is_empty() || self.span_attributes_match(group))
+    }
+
+    /// Whether each of `attributes` matches on some span of `group`; decodes the spans, which
+    /// selectors on resources and experiments never need.
+    fn span_attributes_match(&self, group: &ArrivedGroup) -> bool {
+        let spans = group.decode().spans;
+        self.attributes.iter().all(|(key, p)| {
+            spans.iter().any(|span| {
+                span.attributes.iter().any(|kv| {
+                    text(&kv.key) == key.as_str()
+                        && value_matches(p, &attributes::encode(kv.value.as_ref()))
                 })
             })
+        })
     }
 }
 
@@ -120,7 +127,7 @@ mod tests {
         let mut rs = resource_spans(service, vec![s]);
         let r = rs.resource.as_mut().unwrap();
         r.attributes.extend(resource.iter().map(|(k, v)| kv(k, v)));
-        let batch = crate::receive::validate::split_by_trace(vec![rs], Vec::new(), None);
+        let batch = crate::testkit::split(&[rs]);
         batch.traces.into_iter().next().unwrap()
     }
 

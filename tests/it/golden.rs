@@ -2,11 +2,10 @@
 //! 3.17.2 produced from the same request, once the fields named below are set aside.
 
 use bytes::Bytes;
-use prost::Message;
 use serde_json::Value;
 use traceloom::mlflow;
 use traceloom::model::TraceSpans;
-use traceloom::otlp::ExportTraceServiceRequest;
+use traceloom::receive::decode::decode_protobuf;
 use traceloom::receive::validate::split_by_trace;
 
 use crate::captures::fixtures;
@@ -16,8 +15,8 @@ fn spans_of(requests: &[&str]) -> TraceSpans {
     let mut merged: Option<TraceSpans> = None;
     for r in requests {
         let body = std::fs::read(fixtures().join(r)).unwrap();
-        let request = ExportTraceServiceRequest::decode(Bytes::from(body)).unwrap();
-        let split = split_by_trace(request.resource_spans, Vec::new(), None);
+        let resources = decode_protobuf(&Bytes::from(body)).unwrap();
+        let split = split_by_trace(resources, Vec::new());
         assert!(split.rejections.is_empty(), "{r}: {:?}", split.rejections);
         assert_eq!(split.traces.len(), 1, "{r}: one trace per capture");
         let trace = split.traces.into_iter().next().unwrap();
@@ -94,7 +93,7 @@ fn normalize(requests: &[&str], golden: &str) -> (Value, Value) {
         .unwrap()
         .to_string();
     let trace = spans_of(requests);
-    let (built, report) = mlflow::build(trace.trace_id, &trace.groups, Some(&experiment), "0");
+    let (built, report) = mlflow::build(trace.trace_id, &trace.decode(), Some(&experiment), "0");
     assert_eq!(report, mlflow::LimitReport::default());
     comparable(serde_json::to_value(&built).unwrap(), theirs)
 }

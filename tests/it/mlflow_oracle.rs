@@ -15,7 +15,6 @@ use traceloom::otlp::{
     AnyValue, ArrayValue, Event, ExportTraceServiceRequest, KeyValue, KeyValueList, Link, Span,
     Status, Value,
 };
-use traceloom::receive::validate::split_by_trace;
 use traceloom::testkit::{self, kv, kv_int};
 
 use crate::captures::fixtures;
@@ -227,8 +226,8 @@ pub fn all_traces() -> Vec<mlflow::Trace> {
     requests.extend(generated_cases());
     requests
         .into_iter()
-        .flat_map(|r| split_by_trace(r.resource_spans, Vec::new(), None).traces)
-        .map(|t| mlflow::build(t.trace_id, &t.groups, None, "0").0)
+        .flat_map(|r| testkit::split(&r.resource_spans).traces)
+        .map(|t| mlflow::build(t.trace_id, &t.decode(), None, "0").0)
         .collect()
 }
 
@@ -252,9 +251,9 @@ fn mlflow_loads_every_trace_and_writes_it_back_unchanged() {
 fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
     let dir = tempfile::tempdir().unwrap();
     for (i, request) in generated_cases().into_iter().enumerate() {
-        let split = split_by_trace(request.resource_spans.clone(), Vec::new(), None);
+        let split = testkit::split(&request.resource_spans);
         let t = &split.traces[0];
-        let (trace, _) = mlflow::build(t.trace_id, &t.groups, None, "0");
+        let (trace, _) = mlflow::build(t.trace_id, &t.decode(), None, "0");
         std::fs::write(
             dir.path().join(format!("{i:02}.pb")),
             request.encode_to_vec(),

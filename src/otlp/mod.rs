@@ -17,6 +17,8 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+pub mod wire;
+
 /// Reads an OTLP string field; invalid UTF-8 is replaced by U+FFFD.
 pub fn text(field: &Bytes) -> Cow<'_, str> {
     // The strict check is much faster than the lossy scan, and almost every field passes it.
@@ -24,52 +26,6 @@ pub fn text(field: &Bytes) -> Cow<'_, str> {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(field),
     }
-}
-
-/// The encoded span messages of a buffer holding `ResourceSpans` as its repeated field
-/// `resource_spans` (1 in `ExportTraceServiceRequest`, 2 in the log's `SpanRecord`), indexed
-/// `[resource][scope][span]` exactly as decoding the buffer lays them out. `None` when the buffer
-/// is not well-formed protobuf.
-///
-/// Why: the log records a span's message as it arrived, a copy, instead of encoding the decoded
-/// span again field by field.
-pub fn raw_spans(buf: &Bytes, resource_spans: u32) -> Option<RawSpans> {
-    occurrences(buf, resource_spans)?
-        .iter()
-        .map(|rs| {
-            occurrences(rs, 2)?
-                .iter()
-                .map(|ss| occurrences(ss, 2))
-                .collect()
-        })
-        .collect()
-}
-
-/// Encoded spans, `[resource][scope][span]`.
-pub type RawSpans = Vec<Vec<Vec<Bytes>>>;
-
-/// The payloads of every length-delimited occurrence of field `number` in message `buf`, in order.
-fn occurrences(buf: &Bytes, number: u32) -> Option<Vec<Bytes>> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
-    let mut rest = &buf[..];
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let (tag, wire_type) = decode_key(&mut rest).ok()?;
-        if wire_type != WireType::LengthDelimited {
-            skip_field(wire_type, tag, &mut rest, DecodeContext::default()).ok()?;
-            continue;
-        }
-        let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-        if len > rest.len() {
-            return None;
-        }
-        if tag == number {
-            let start = buf.len() - rest.len();
-            out.push(buf.slice(start..start + len));
-        }
-        rest = &rest[len..];
-    }
-    Some(out)
 }
 
 /// `ExportTraceServiceRequest`: what OTLP exporters send.
@@ -309,35 +265,6 @@ mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1 as upstream;
     use prost::Message;
-
-    #[test]
-    fn raw_spans_are_each_span_as_encoded_in_decode_order() {
-        let mut request = crate::testkit::request(1, 3, 2, 50);
-        let mut second = request.resource_spans[0].clone();
-        second.scope_spans.push(second.scope_spans[0].clone());
-        second.scope_spans[1].spans.truncate(1);
-        request.resource_spans.push(second);
-        let body = Bytes::from(request.encode_to_vec());
-        let raw = raw_spans(&body, 1).unwrap();
-        let decoded = ExportTraceServiceRequest::decode(body.clone()).unwrap();
-        let expected: RawSpans = decoded
-            .resource_spans
-            .iter()
-            .map(|rs| {
-                rs.scope_spans
-                    .iter()
-                    .map(|ss| ss.spans.iter().map(|s| s.encode_to_vec().into()).collect())
-                    .collect()
-            })
-            .collect();
-        assert_eq!(raw, expected);
-        assert_eq!(raw[1][1].len(), 1);
-        assert_eq!(
-            raw_spans(&body.slice(..body.len() - 1), 1),
-            None,
-            "cut short"
-        );
-    }
 
     #[test]
     fn wire_compatible_with_opentelemetry_proto_in_both_directions() {
