@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use traceloom::mlflow;
-use traceloom::model::{SpanGroup, TraceId};
+use traceloom::model::{EncodedGroup, TraceId};
 use traceloom::testkit::{self, kv, kv_int};
 
 #[global_allocator]
@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const TRACES: usize = 64;
 const SPANS_PER_TRACE: usize = 8;
 
-fn traces(genai: bool) -> Vec<(TraceId, Vec<SpanGroup>)> {
+fn traces(genai: bool) -> Vec<(TraceId, Vec<EncodedGroup>)> {
     let mut request = testkit::request(1, TRACES, SPANS_PER_TRACE, if genai { 1000 } else { 0 });
     if !genai {
         for span in &mut request.resource_spans[0].scope_spans[0].spans {
@@ -28,7 +28,7 @@ fn traces(genai: bool) -> Vec<(TraceId, Vec<SpanGroup>)> {
     testkit::split(&request.resource_spans)
         .traces
         .iter()
-        .map(|t| (t.trace_id, t.decode()))
+        .map(|t| (t.trace_id, t.encoded()))
         .collect()
 }
 

@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 
+use crate::otlp::view::SpanView;
 use crate::otlp::{InstrumentationScope, Resource, ResourceSpans, ScopeSpans, Span};
 
 /// A W3C/OTLP trace id: 16 bytes, never all zero once validated.
@@ -154,6 +155,26 @@ pub fn resource_spans(groups: &[SpanGroup]) -> Vec<ResourceSpans> {
         .collect()
 }
 
+/// Spans of one trace that share an origin, each an encoded OTLP `Span` (checked on arrival, so
+/// it decodes, and canonical, so [`crate::otlp::view`] reads it as decoding would).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedGroup {
+    /// Their resource and scope.
+    pub origin: Arc<Origin>,
+    /// The spans, encoded.
+    pub spans: Vec<Bytes>,
+}
+
+impl EncodedGroup {
+    /// The spans decoded.
+    pub fn decode(&self) -> SpanGroup {
+        SpanGroup {
+            origin: Arc::clone(&self.origin),
+            spans: decode_spans(&self.spans),
+        }
+    }
+}
+
 /// Decodes spans that were checked on arrival ([`crate::otlp::wire`]), which guarantees that
 /// they decode.
 pub fn decode_spans<'a>(encoded: impl IntoIterator<Item = &'a Bytes>) -> Vec<Span> {
@@ -187,12 +208,17 @@ pub struct ArrivedGroup {
 }
 
 impl ArrivedGroup {
+    /// The spans, encoded.
+    pub fn encoded(&self) -> EncodedGroup {
+        EncodedGroup {
+            origin: Arc::clone(&self.origin),
+            spans: self.spans.iter().map(|s| s.encoded.clone()).collect(),
+        }
+    }
+
     /// The spans decoded.
     pub fn decode(&self) -> SpanGroup {
-        SpanGroup {
-            origin: Arc::clone(&self.origin),
-            spans: decode_spans(self.spans.iter().map(|s| &s.encoded)),
-        }
+        self.encoded().decode()
     }
 }
 
@@ -209,6 +235,11 @@ impl TraceSpans {
     /// The number of spans.
     pub fn span_count(&self) -> usize {
         self.groups.iter().map(|g| g.spans.len()).sum()
+    }
+
+    /// The spans, encoded, grouped by origin.
+    pub fn encoded(&self) -> Vec<EncodedGroup> {
+        self.groups.iter().map(ArrivedGroup::encoded).collect()
     }
 
     /// The spans decoded, grouped by origin.
@@ -252,14 +283,18 @@ pub struct SpanBatch {
     pub encoded_bytes: usize,
 }
 
-/// A released trace revision on its way to the sinks: the OTLP spans (for OTLP encodings) and
-/// the MLflow trace built from them.
+/// A released trace revision on its way to the sinks: the MLflow trace, and the OTLP spans it
+/// was built from.
+///
+/// The OTLP spans are decoded only when a stage or sink asks for them ([`Self::groups`]): MLflow
+/// normalization reads the encoded spans in place, and most pipelines need nothing else.
 #[derive(Debug)]
 pub struct AssembledTrace {
-    /// The revision as the assembler released it (spans encoded).
+    /// The revision as the assembler released it (spans encoded; spans that stages removed are
+    /// removed here too).
     pub release: crate::assemble::Release,
-    /// The same spans, decoded.
-    pub groups: Vec<SpanGroup>,
+    /// The spans of `release`, decoded on first use.
+    decoded: OnceLock<Vec<SpanGroup>>,
     /// The MLflow trace, with `traceloom.revision` metadata and, when partial, the
     /// `traceloom.partial` and `traceloom.partial_reason` tags.
     pub trace: crate::mlflow::Trace,
@@ -271,27 +306,67 @@ pub struct AssembledTrace {
 }
 
 impl AssembledTrace {
-    /// The number of spans (after any stage removed some).
-    pub fn span_count(&self) -> usize {
-        self.groups.iter().map(|g| g.spans.len()).sum()
+    /// A revision and the MLflow trace built from it.
+    pub fn new(release: crate::assemble::Release, trace: crate::mlflow::Trace) -> Self {
+        let bytes = release
+            .groups
+            .iter()
+            .flat_map(|g| &g.spans)
+            .map(Bytes::len)
+            .sum::<usize>()
+            * 2;
+        Self {
+            release,
+            decoded: OnceLock::new(),
+            trace,
+            bytes,
+            position: 0,
+        }
     }
 
-    /// Removes spans from both views, the MLflow trace and the OTLP groups.
+    /// The OTLP spans, decoded, grouped by origin.
+    pub fn groups(&self) -> &[SpanGroup] {
+        self.decoded.get_or_init(|| {
+            self.release
+                .groups
+                .iter()
+                .map(EncodedGroup::decode)
+                .collect()
+        })
+    }
+
+    /// The OTLP spans, decoded, for a stage to change.
+    pub fn groups_mut(&mut self) -> &mut Vec<SpanGroup> {
+        self.groups();
+        self.decoded.get_mut().expect("initialized above")
+    }
+
+    /// The number of spans (after any stage removed some).
+    pub fn span_count(&self) -> usize {
+        self.release.span_count()
+    }
+
+    /// Removes spans from every view: the MLflow trace, the encoded and the decoded OTLP spans.
     pub fn remove_spans(&mut self, ids: &std::collections::HashSet<SpanId>) {
+        let keep = |id: &[u8]| SpanId::from_slice(id).is_none_or(|id| !ids.contains(&id));
         self.trace.data.spans.retain(|s| !ids.contains(&s.span_id));
-        for group in &mut self.groups {
-            group
-                .spans
-                .retain(|s| SpanId::from_slice(&s.span_id).is_none_or(|id| !ids.contains(&id)));
+        for group in &mut self.release.groups {
+            group.spans.retain(|s| keep(SpanView::new(s).span_id));
         }
-        self.groups.retain(|g| !g.spans.is_empty());
+        self.release.groups.retain(|g| !g.spans.is_empty());
+        if let Some(decoded) = self.decoded.get_mut() {
+            for group in decoded.iter_mut() {
+                group.spans.retain(|s| keep(&s.span_id));
+            }
+            decoded.retain(|g| !g.spans.is_empty());
+        }
     }
 
     /// The `service.name` of each span's resource.
     pub fn services(&self) -> Services {
         let mut names: Vec<String> = Vec::new();
         let mut by_span = HashMap::new();
-        for group in &self.groups {
+        for group in &self.release.groups {
             let Some(service) = group.origin.resource_str("service.name") else {
                 continue;
             };
@@ -300,7 +375,7 @@ impl AssembledTrace {
                 names.len() - 1
             });
             for span in &group.spans {
-                if let Some(id) = SpanId::from_slice(&span.span_id) {
+                if let Some(id) = SpanId::from_slice(SpanView::new(span).span_id) {
                     by_span.insert(id, index);
                 }
             }

@@ -189,7 +189,7 @@ pub fn assembled(
             let resource = rs.resource;
             rs.scope_spans
                 .into_iter()
-                .map(move |ss| crate::assemble::EncodedGroup {
+                .map(move |ss| crate::model::EncodedGroup {
                     origin: Arc::new(crate::model::Origin {
                         resource: resource.clone(),
                         scope: ss.scope,

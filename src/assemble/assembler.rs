@@ -14,7 +14,7 @@ use prost::Message;
 use super::config::AssembleConfig;
 use crate::config::units::ByteSize;
 use crate::model::{
-    ArrivedSpan, LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId, decode_spans,
+    ArrivedSpan, EncodedGroup, LoggedTrace, Origin, SpanBatch, SpanGroup, SpanId, TraceId,
 };
 
 /// Why a trace revision was released.
@@ -46,15 +46,6 @@ impl ReleaseReason {
             Self::LogSpace => "log_space",
         }
     }
-}
-
-/// Encoded spans (OTLP `Span` protobuf, one `Bytes` each) that share an origin.
-#[derive(Clone, Debug)]
-pub struct EncodedGroup {
-    /// Their resource and scope.
-    pub origin: Arc<Origin>,
-    /// The spans, encoded.
-    pub spans: Vec<Bytes>,
 }
 
 /// One released revision of a trace: every span held for it, and why it was released.
@@ -90,13 +81,7 @@ impl Release {
 
     /// The spans decoded, grouped by origin.
     pub fn decode(&self) -> Vec<SpanGroup> {
-        self.groups
-            .iter()
-            .map(|g| SpanGroup {
-                origin: Arc::clone(&g.origin),
-                spans: decode_spans(&g.spans),
-            })
-            .collect()
+        self.groups.iter().map(EncodedGroup::decode).collect()
     }
 }
 

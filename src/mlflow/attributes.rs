@@ -10,34 +10,31 @@
 use base64::Engine as _;
 
 use super::json::{PyValue, dumps_str};
-use crate::otlp::{AnyValue, Value, text};
+use crate::otlp::text;
+use crate::otlp::view::ValueRef;
 
 /// Decodes an OTLP value the way MLflow's `_decode_otel_proto_anyvalue` does: arrays become lists,
 /// kvlists dicts, bytes base64 text, an empty value `None`.
-pub fn decode(value: Option<&AnyValue>) -> PyValue {
-    let Some(value) = value.and_then(|v| v.value.as_ref()) else {
-        return PyValue::Null;
-    };
+pub fn decode(value: ValueRef<'_>) -> PyValue {
     match value {
-        Value::StringValue(s) => PyValue::Str(text(s).into_owned()),
-        Value::BoolValue(b) => PyValue::Bool(*b),
-        Value::IntValue(i) => PyValue::Int(*i),
-        Value::DoubleValue(d) => PyValue::Float(*d),
-        Value::BytesValue(b) => PyValue::Str(base64::engine::general_purpose::STANDARD.encode(b)),
-        Value::ArrayValue(a) => PyValue::List(a.values.iter().map(|v| decode(Some(v))).collect()),
-        Value::KvlistValue(kvs) => PyValue::dict(
-            kvs.values
-                .iter()
-                .map(|kv| (text(&kv.key).into_owned(), decode(kv.value.as_ref()))),
-        ),
+        ValueRef::Empty => PyValue::Null,
+        ValueRef::Str(s) => PyValue::Str(text(s).into_owned()),
+        ValueRef::Bool(b) => PyValue::Bool(b),
+        ValueRef::Int(i) => PyValue::Int(i),
+        ValueRef::Double(d) => PyValue::Float(d),
+        ValueRef::Bytes(b) => PyValue::Str(base64::engine::general_purpose::STANDARD.encode(b)),
+        ValueRef::Array(values) => PyValue::List(values.map(decode).collect()),
+        ValueRef::KvList(kvs) => {
+            PyValue::dict(kvs.map(|(key, value)| (text(key).into_owned(), decode(value))))
+        }
     }
 }
 
 /// The stored (JSON-encoded) form of an attribute value.
-pub fn encode(value: Option<&AnyValue>) -> String {
-    match value.and_then(|v| v.value.as_ref()) {
-        Some(Value::StringValue(s)) => encode_str(&text(s)),
-        _ => decode(value).dumps(),
+pub fn encode(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Str(s) => encode_str(&text(s)),
+        value => decode(value).dumps(),
     }
 }
 
@@ -71,7 +68,7 @@ pub fn read(stored: &str) -> PyValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp::{ArrayValue, KeyValue, KeyValueList};
+    use crate::otlp::{AnyValue, ArrayValue, KeyValue, KeyValueList, Value};
     use bytes::Bytes;
 
     fn any(v: Value) -> AnyValue {
@@ -119,7 +116,7 @@ mod tests {
             ),
         ];
         for (value, expected) in cases {
-            assert_eq!(encode(value.as_ref()), expected, "{value:?}");
+            assert_eq!(encode(ValueRef::of(value.as_ref())), expected, "{value:?}");
         }
     }
 
@@ -134,7 +131,7 @@ mod tests {
 #[cfg(test)]
 mod properties {
     use super::*;
-    use crate::otlp::{ArrayValue, KeyValue, KeyValueList};
+    use crate::otlp::{AnyValue, ArrayValue, KeyValue, KeyValueList, Value};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -186,10 +183,10 @@ mod properties {
         /// does in MLflow.
         #[test]
         fn stored_values_read_back_as_mlflow_reads_them(v in any_value()) {
-            let stored = encode(Some(&v));
+            let stored = encode(ValueRef::of(Some(&v)));
             let expected = match &v.value {
                 Some(Value::StringValue(s)) if is_json_container_or_string(&text(s)) => read(&text(s)),
-                _ => decode(Some(&v)),
+                _ => decode(ValueRef::of(Some(&v))),
             };
             prop_assert_eq!(read(&stored), expected);
         }

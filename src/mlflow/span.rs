@@ -9,7 +9,8 @@ use serde::{Serialize, Serializer};
 use super::attributes;
 use super::conventions;
 use crate::model::{SpanId, TraceId};
-use crate::otlp::{self, text};
+use crate::otlp::text;
+use crate::otlp::view::{KeyValues, SpanView};
 
 /// Span attributes: key → JSON-encoded value, in MLflow's insertion order. FxHash because
 /// translation probes dozens of keys per span and SipHash dominated its cost. Compact strings
@@ -122,14 +123,8 @@ pub fn mlflow_trace_id(id: &TraceId) -> String {
     format!("tr-{id}")
 }
 
-fn raw_attributes(kvs: &[otlp::KeyValue]) -> IndexMap<String, serde_json::Value> {
-    kvs.iter()
-        .map(|kv| {
-            (
-                text(&kv.key).into_owned(),
-                attributes::decode(kv.value.as_ref()).to_json(),
-            )
-        })
+fn raw_attributes(kvs: KeyValues<'_>) -> IndexMap<String, serde_json::Value> {
+    kvs.map(|(key, value)| (text(key).into_owned(), attributes::decode(value).to_json()))
         .collect()
 }
 
@@ -137,53 +132,53 @@ impl Span {
     /// Converts a validated OTLP span of trace `trace_id`, filling MLflow's reserved attributes
     /// from the conventions it recognises. `request_id` is the stored `mlflow.traceRequestId`
     /// value, [`request_id_attribute`] of the trace id.
-    pub fn from_otlp(trace_id: TraceId, request_id: &str, span: &otlp::Span) -> Self {
-        // Room for the attributes MLflow adds, so the map never rehashes while translating.
-        let mut attrs =
-            Attributes::with_capacity_and_hasher(span.attributes.len() + 8, Default::default());
-        attrs.extend(span.attributes.iter().map(|kv| {
-            (
-                CompactString::from(text(&kv.key)),
-                CompactString::from(attributes::encode(kv.value.as_ref())),
-            )
-        }));
+    pub fn from_otlp(trace_id: TraceId, request_id: &str, span: &SpanView<'_>) -> Self {
+        // Room for a GenAI span's attributes and those MLflow adds, so the map rarely grows.
+        let mut attrs = Attributes::with_capacity_and_hasher(24, Default::default());
+        for (key, value) in span.attributes() {
+            attrs.insert(
+                CompactString::from(text(key)),
+                CompactString::from(attributes::encode(value)),
+            );
+        }
         attrs.insert(REQUEST_ID.into(), request_id.into());
         let events: Vec<SpanEvent> = span
-            .events
-            .iter()
+            .events()
             .map(|e| SpanEvent {
-                name: text(&e.name).into_owned(),
+                name: text(e.name).into_owned(),
                 time_unix_nano: e.time_unix_nano,
-                attributes: raw_attributes(&e.attributes),
+                attributes: raw_attributes(e.attributes()),
             })
             .collect();
         conventions::translate(&mut attrs, &events);
-        let code = match span.status.as_ref().map_or(0, |s| s.code) {
+        let code = match span.status_code {
             1 => StatusCode::Ok,
             2 => StatusCode::Error,
             _ => StatusCode::Unset,
         };
-        let message = match (code, &span.status) {
-            (StatusCode::Error, Some(s)) => text(&s.message).into_owned(),
+        let message = match code {
+            StatusCode::Error => text(span.status_message).into_owned(),
             _ => String::new(),
         };
         Span {
             trace_id,
-            span_id: SpanId::from_slice(&span.span_id).unwrap_or(SpanId([0; 8])),
-            parent_span_id: SpanId::from_slice(&span.parent_span_id),
-            name: text(&span.name).into_owned(),
+            span_id: SpanId::from_slice(span.span_id).unwrap_or(SpanId([0; 8])),
+            parent_span_id: SpanId::from_slice(span.parent_span_id),
+            name: text(span.name).into_owned(),
             start_time_unix_nano: span.start_time_unix_nano,
             end_time_unix_nano: span.end_time_unix_nano,
             events,
             status: SpanStatus { code, message },
             attributes: attrs,
             links: span
-                .links
-                .iter()
-                .map(|l| SpanLink {
-                    trace_id: format!("tr-{}", hex::encode(&l.trace_id)),
-                    span_id: hex::encode(&l.span_id),
-                    attributes: (!l.attributes.is_empty()).then(|| raw_attributes(&l.attributes)),
+                .links()
+                .map(|l| {
+                    let attributes = raw_attributes(l.attributes());
+                    SpanLink {
+                        trace_id: format!("tr-{}", hex::encode(l.trace_id)),
+                        span_id: hex::encode(l.span_id),
+                        attributes: (!attributes.is_empty()).then_some(attributes),
+                    }
                 })
                 .collect(),
         }

@@ -18,8 +18,9 @@ use super::conventions::{INPUTS, OUTPUTS, TOKEN_USAGE};
 use super::json::PyValue;
 use super::preview::{preview, truncate};
 use super::span::{Span, StatusCode, mlflow_trace_id, request_id_attribute};
-use crate::model::{Origin, SpanGroup, SpanId, TraceId};
+use crate::model::{EncodedGroup, Origin, SpanId, TraceId};
 use crate::otlp::text;
+use crate::otlp::view::{SpanView, ValueRef};
 
 /// Longest tag key MLflow accepts.
 pub const MAX_TAG_KEY: usize = 250;
@@ -141,7 +142,7 @@ pub const EXPERIMENT_RESOURCE_ATTRIBUTE: &str = "mlflow.experimentId";
 /// resource attribute `mlflow.experimentId`; else `default_experiment`.
 pub fn build(
     trace_id: TraceId,
-    groups: &[SpanGroup],
+    groups: &[EncodedGroup],
     experiment: Option<&str>,
     default_experiment: &str,
 ) -> (Trace, LimitReport) {
@@ -150,9 +151,10 @@ pub fn build(
         .iter()
         .flat_map(|g| {
             let request_id = &request_id;
-            g.spans
-                .iter()
-                .map(move |s| (&*g.origin, Span::from_otlp(trace_id, request_id, s)))
+            g.spans.iter().map(move |s| {
+                let span = Span::from_otlp(trace_id, request_id, &SpanView::new(s));
+                (&*g.origin, span)
+            })
         })
         .collect();
     // A total order (start, roots first, span id) so that the same spans give the same trace
@@ -329,7 +331,7 @@ fn tags(
             if key.starts_with("telemetry.sdk.") || key.starts_with("mlflow.") {
                 continue;
             }
-            let value = match attributes::decode(kv.value.as_ref()) {
+            let value = match attributes::decode(ValueRef::of(kv.value.as_ref())) {
                 PyValue::Str(s) => s,
                 other => other.dumps(),
             };
@@ -450,10 +452,11 @@ mod tests {
         })
     }
 
-    fn group(origin: &Arc<Origin>, spans: Vec<otlp::Span>) -> SpanGroup {
-        SpanGroup {
+    fn group(origin: &Arc<Origin>, spans: Vec<otlp::Span>) -> EncodedGroup {
+        use prost::Message;
+        EncodedGroup {
             origin: Arc::clone(origin),
-            spans,
+            spans: spans.iter().map(|s| s.encode_to_vec().into()).collect(),
         }
     }
 
@@ -495,7 +498,7 @@ mod tests {
         let plain = origin("svc", vec![]);
         let tagged = origin("svc", vec![kv("mlflow.experimentId", "12")]);
         let root = span(T, [1; 8], &[], "root");
-        let id = |groups: &[SpanGroup], header| {
+        let id = |groups: &[EncodedGroup], header| {
             build(TraceId(T), groups, header, "0")
                 .0
                 .info

@@ -17,10 +17,11 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
+pub mod view;
 pub mod wire;
 
 /// Reads an OTLP string field; invalid UTF-8 is replaced by U+FFFD.
-pub fn text(field: &Bytes) -> Cow<'_, str> {
+pub fn text(field: &[u8]) -> Cow<'_, str> {
     // The strict check is much faster than the lossy scan, and almost every field passes it.
     match std::str::from_utf8(field) {
         Ok(s) => Cow::Borrowed(s),

@@ -189,18 +189,28 @@ fn scope_block(buf: &Bytes, at: &str) -> Result<ScopeBlock, WireError> {
             1 => merge(&mut block.scope, field, &format!("{at}.scope"))?,
             2 => {
                 let mut head = SpanHead::default();
-                check(Msg::Span, &field, DEPTH - 1, Some(&mut head))
+                let canonical = check(Msg::Span, &field, DEPTH - 1, Some(&mut head))
                     .map_err(|f| f.at(&format!("{at}.spans[{}]", block.spans.len())))?;
-                block.spans.push(WireSpan {
-                    head,
-                    encoded: field,
-                });
+                let encoded = if canonical {
+                    field
+                } else {
+                    canonical_span(field)
+                };
+                block.spans.push(WireSpan { head, encoded });
             }
             3 => block.schema_url = field,
             _ => {}
         }
     }
     Ok(block)
+}
+
+/// A span's encoding as prost writes it after decoding, for the rare span that repeats a
+/// singular message field: the views of [`super::view`] read every span as prost decodes it
+/// only when none does.
+fn canonical_span(encoded: Bytes) -> Bytes {
+    let span = super::Span::decode(encoded).expect("checked spans decode");
+    Bytes::from(span.encode_to_vec())
 }
 
 /// Decodes a resource or scope into `slot`, merging into what an earlier occurrence left there
@@ -243,6 +253,15 @@ enum Kind {
 }
 
 impl Msg {
+    /// Whether `tag` is one of the message's singular message fields (for `AnyValue`, any
+    /// variant of its `oneof`, conservatively), which views assume occur at most once.
+    fn singular(self, tag: u32) -> bool {
+        matches!(
+            (self, tag),
+            (Msg::Span, 15) | (Msg::KeyValue, 2) | (Msg::AnyValue, 1..=7)
+        )
+    }
+
     fn kind(self, tag: u32) -> Kind {
         use Kind::*;
         match (self, tag) {
@@ -279,9 +298,12 @@ impl Msg {
 }
 
 /// Checks message `msg` in `buf`, whose fields may nest `depth` more messages, noting the span's
-/// ids and times in `head` when given.
-fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> Result<(), Fault> {
+/// ids and times in `head` when given. `Ok(false)` when a singular message field occurs more
+/// than once somewhere inside: prost merges the occurrences, so the message is not canonical.
+fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> Result<bool, Fault> {
     let mut reader = Reader::new(buf);
+    let mut canonical = true;
+    let mut singular_seen = false;
     while let Some((tag, wire_type)) = reader.key().map_err(|f| f.inside(msg, 0))? {
         let inside = |f: Fault| f.inside(msg, tag);
         let kind = msg.kind(tag);
@@ -297,6 +319,10 @@ fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> R
         };
         if wire_type != expected {
             return Err(inside(Fault::wire_type(wire_type, expected)));
+        }
+        if msg.singular(tag) {
+            canonical &= !singular_seen;
+            singular_seen = true;
         }
         match kind {
             Kind::Varint => reader.varint().map(drop),
@@ -326,13 +352,13 @@ fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> R
                 if depth == 0 {
                     return Err(inside(Fault::TooDeep));
                 }
-                check(inner, payload, depth - 1, None)
+                check(inner, payload, depth - 1, None).map(|c| canonical &= c)
             }
             Kind::Unknown => unreachable!("skipped above"),
         }
         .map_err(inside)?;
     }
-    Ok(())
+    Ok(canonical)
 }
 
 /// A cursor over a message's fields.
@@ -624,10 +650,113 @@ mod tests {
                     }
                     prop_assert_eq!(head.start_time_unix_nano, span.start_time_unix_nano);
                     prop_assert_eq!(head.end_time_unix_nano, span.end_time_unix_nano);
+                    prop_assert_eq!(viewed(&wire.encoded), without_empty_values(span.clone()));
                 }
             }
         }
         Ok(())
+    }
+
+    /// `span` with each empty attribute value (`Some(AnyValue { value: None })`) as `None`: views
+    /// do not tell the two apart, and MLflow reads both as `None`.
+    fn without_empty_values(mut span: Span) -> Span {
+        fn clean(kvs: &mut [KeyValue]) {
+            for kv in kvs {
+                match kv.value.as_mut().map(|v| &mut v.value) {
+                    Some(None) => kv.value = None,
+                    Some(Some(value)) => clean_value(value),
+                    None => {}
+                }
+            }
+        }
+        fn clean_value(value: &mut Value) {
+            match value {
+                Value::KvlistValue(list) => clean(&mut list.values),
+                Value::ArrayValue(array) => array
+                    .values
+                    .iter_mut()
+                    .filter_map(|v| v.value.as_mut())
+                    .for_each(clean_value),
+                _ => {}
+            }
+        }
+        clean(&mut span.attributes);
+        span.events
+            .iter_mut()
+            .for_each(|e| clean(&mut e.attributes));
+        span.links.iter_mut().for_each(|l| clean(&mut l.attributes));
+        span
+    }
+
+    /// The span as [`super::super::view`] reads it, rebuilt as prost's struct for comparison.
+    fn viewed(encoded: &[u8]) -> Span {
+        use crate::otlp::view::{KeyValues, SpanView, ValueRef};
+        fn value(v: ValueRef<'_>) -> Option<AnyValue> {
+            let value = match v {
+                ValueRef::Empty => return None,
+                ValueRef::Str(s) => Value::StringValue(Bytes::copy_from_slice(s)),
+                ValueRef::Bool(b) => Value::BoolValue(b),
+                ValueRef::Int(i) => Value::IntValue(i),
+                ValueRef::Double(d) => Value::DoubleValue(d),
+                ValueRef::Bytes(b) => Value::BytesValue(Bytes::copy_from_slice(b)),
+                ValueRef::Array(values) => Value::ArrayValue(ArrayValue {
+                    values: values.map(|v| value(v).unwrap_or_default()).collect(),
+                }),
+                ValueRef::KvList(kvs) => Value::KvlistValue(KeyValueList {
+                    values: key_values(kvs),
+                }),
+            };
+            Some(AnyValue { value: Some(value) })
+        }
+        fn key_values(kvs: KeyValues<'_>) -> Vec<KeyValue> {
+            kvs.map(|(key, v)| KeyValue {
+                key: Bytes::copy_from_slice(key),
+                value: value(v),
+            })
+            .collect()
+        }
+        let v = SpanView::new(encoded);
+        let decoded = Span::decode(encoded).unwrap();
+        Span {
+            trace_id: Bytes::copy_from_slice(v.trace_id),
+            span_id: Bytes::copy_from_slice(v.span_id),
+            parent_span_id: Bytes::copy_from_slice(v.parent_span_id),
+            name: Bytes::copy_from_slice(v.name),
+            start_time_unix_nano: v.start_time_unix_nano,
+            end_time_unix_nano: v.end_time_unix_nano,
+            attributes: key_values(v.attributes()),
+            events: v
+                .events()
+                .zip(&decoded.events)
+                .map(|(e, d)| Event {
+                    time_unix_nano: e.time_unix_nano,
+                    name: Bytes::copy_from_slice(e.name),
+                    attributes: key_values(e.attributes()),
+                    ..d.clone()
+                })
+                .collect(),
+            links: v
+                .links()
+                .zip(&decoded.links)
+                .map(|(l, d)| Link {
+                    trace_id: Bytes::copy_from_slice(l.trace_id),
+                    span_id: Bytes::copy_from_slice(l.span_id),
+                    attributes: key_values(l.attributes()),
+                    ..d.clone()
+                })
+                .collect(),
+            status: decoded.status.as_ref().map(|_| Status {
+                message: Bytes::copy_from_slice(v.status_message),
+                code: v.status_code,
+            }),
+            // Fields views do not read.
+            trace_state: decoded.trace_state.clone(),
+            flags: decoded.flags,
+            kind: decoded.kind,
+            dropped_attributes_count: decoded.dropped_attributes_count,
+            dropped_events_count: decoded.dropped_events_count,
+            dropped_links_count: decoded.dropped_links_count,
+        }
     }
 
     #[derive(Clone, Debug)]
@@ -737,6 +866,69 @@ mod tests {
         assert_eq!(
             blocks[0].scopes[0].spans[0].head.trace_id.get(),
             Some([6; 16])
+        );
+    }
+
+    #[test]
+    fn spans_repeating_a_singular_message_are_stored_as_prost_merges_them() {
+        let array = |v: i64| AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: vec![AnyValue {
+                    value: Some(Value::IntValue(v)),
+                }],
+            })),
+        };
+        // An attribute whose value occurs twice, each an array: prost concatenates them.
+        let mut attribute = Vec::new();
+        field(1, WireType::LengthDelimited, b"list", &mut attribute);
+        field(
+            2,
+            WireType::LengthDelimited,
+            &array(1).encode_to_vec(),
+            &mut attribute,
+        );
+        field(
+            2,
+            WireType::LengthDelimited,
+            &array(2).encode_to_vec(),
+            &mut attribute,
+        );
+        let mut span = testkit::span([1; 16], [1; 8], &[], "twice").encode_to_vec();
+        field(9, WireType::LengthDelimited, &attribute, &mut span);
+        // A second status: prost merges it into the first, keeping the first's code.
+        let status = Status {
+            message: Bytes::from_static(b"later"),
+            code: 0,
+        };
+        field(
+            15,
+            WireType::LengthDelimited,
+            &status.encode_to_vec(),
+            &mut span,
+        );
+        let mut scope = Vec::new();
+        field(2, WireType::LengthDelimited, &span, &mut scope);
+        let mut rs = Vec::new();
+        field(2, WireType::LengthDelimited, &scope, &mut rs);
+        let buf = request_of(&rs);
+        reads_as_prost_decodes(&buf).unwrap();
+        let blocks = read_resource_spans(&Bytes::from(buf), 1).unwrap();
+        let stored = &blocks[0].scopes[0].spans[0].encoded;
+        assert_ne!(stored[..], span[..], "re-encoded");
+        let decoded = Span::decode(stored.clone()).unwrap();
+        assert_eq!(
+            decoded.attributes[0].value,
+            Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: vec![array(1), array(2)]
+                        .into_iter()
+                        .flat_map(|a| match a.value {
+                            Some(Value::ArrayValue(a)) => a.values,
+                            _ => unreachable!(),
+                        })
+                        .collect(),
+                })),
+            })
         );
     }
 

@@ -103,7 +103,7 @@ pub fn render(trace: &AssembledTrace, format: DebugFormat) -> String {
         DebugFormat::Mlflow => serde_json::to_string(&trace.trace),
         DebugFormat::Otlp => {
             let r = &trace.release;
-            let spans = resource_spans(&trace.groups);
+            let spans = resource_spans(trace.groups());
             serde_json::to_string(&OtlpLine {
                 trace_id: r.trace_id.to_string(),
                 revision: r.revision,

@@ -66,11 +66,8 @@ impl EnrichConfig {
             info.trace_metadata.insert(k.clone(), v.clone());
         }
         for (attribute, tag) in &self.resource_tags {
-            if let Some(value) = trace
-                .groups
-                .iter()
-                .find_map(|g| g.origin.resource_str(attribute))
-            {
+            let mut origins = trace.release.groups.iter().map(|g| &g.origin);
+            if let Some(value) = origins.find_map(|o| o.resource_str(attribute)) {
                 info.tags.insert(tag.clone(), value);
             }
         }

@@ -38,6 +38,7 @@ use crate::mlflow::conventions::{INPUTS, OUTPUTS, TRANSLATORS};
 use crate::mlflow::json::PyValue;
 use crate::mlflow::preview::truncate;
 use crate::model::AssembledTrace;
+use crate::otlp::view::ValueRef;
 use crate::otlp::{self, AnyValue, KeyValue, Value};
 
 /// `type: redact` settings.
@@ -350,7 +351,7 @@ impl Redactor {
 
     fn otlp_spans(&self, trace: &mut AssembledTrace) -> usize {
         let mut changed = 0;
-        for span in trace.groups.iter_mut().flat_map(|g| &mut g.spans) {
+        for span in trace.groups_mut().iter_mut().flat_map(|g| &mut g.spans) {
             changed += self.key_values(&mut span.attributes, |key| self.rule(key));
             for event in &mut span.events {
                 let name = otlp::text(&event.name).into_owned();
@@ -373,7 +374,7 @@ impl Redactor {
                 self.value(
                     r,
                     kv,
-                    |kv| json_text(&attributes::decode(kv.value.as_ref()).to_json()),
+                    |kv| json_text(&attributes::decode(ValueRef::of(kv.value.as_ref())).to_json()),
                     |kv, t| {
                         kv.value = Some(AnyValue {
                             value: Some(Value::StringValue(t.into())),
@@ -422,11 +423,11 @@ mod tests {
     }
 
     fn otlp_attr(t: &AssembledTrace, key: &str) -> Option<String> {
-        t.groups[0].spans[0]
+        t.groups()[0].spans[0]
             .attributes
             .iter()
             .find(|kv| &kv.key[..] == key.as_bytes())
-            .map(|kv| attributes::encode(kv.value.as_ref()))
+            .map(|kv| attributes::encode(ValueRef::of(kv.value.as_ref())))
     }
 
     fn chat_root() -> AssembledTrace {
@@ -520,7 +521,7 @@ mod tests {
         let json = serde_json::to_string(&t.trace).unwrap();
         assert!(!json.contains("secret"), "{json}");
         assert!(json.contains("answer"), "outputs stay");
-        let otlp = format!("{:?}", t.groups);
+        let otlp = format!("{:?}", t.groups());
         assert!(!otlp.contains("secret"));
     }
 

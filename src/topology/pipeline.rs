@@ -87,12 +87,10 @@ pub struct PipelineLog {
 
 /// Builds the MLflow trace of a released revision.
 pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> AssembledTrace {
-    let experiment = release.experiment.as_deref();
-    let groups = release.decode();
     let (mut trace, report) = mlflow::build(
         release.trace_id,
-        &groups,
-        experiment,
+        &release.groups,
+        release.experiment.as_deref(),
         &config.default_experiment,
     );
     metrics.mlflow_limits(&report);
@@ -104,20 +102,7 @@ pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> 
         info.tags
             .insert(PARTIAL_REASON_TAG.into(), release.reason.as_str().into());
     }
-    let bytes = release
-        .groups
-        .iter()
-        .flat_map(|g| &g.spans)
-        .map(bytes::Bytes::len)
-        .sum::<usize>()
-        * 2;
-    AssembledTrace {
-        release,
-        groups,
-        trace,
-        bytes,
-        position: 0,
-    }
+    AssembledTrace::new(release, trace)
 }
 
 /// Decisions of one turn, in the order the assembler took them.

@@ -26,7 +26,7 @@ use crate::config::pattern::Pattern;
 use crate::mlflow::attributes;
 use crate::mlflow::trace::EXPERIMENT_RESOURCE_ATTRIBUTE;
 use crate::model::{ArrivedGroup, ReceiveMeta, TraceSpans};
-use crate::otlp::text;
+use crate::otlp::view::{SpanView, ValueRef};
 use crate::stages::condition::value_matches;
 
 /// A pipeline's selectors; a trace is taken when any matches.
@@ -79,7 +79,7 @@ impl Selector {
             origin.resource.as_ref().is_some_and(|r| {
                 r.attributes.iter().any(|kv| {
                     kv.key == key.as_bytes()
-                        && value_matches(p, &attributes::encode(kv.value.as_ref()))
+                        && value_matches(p, &attributes::encode(ValueRef::of(kv.value.as_ref())))
                 })
             })
         };
@@ -94,21 +94,13 @@ impl Selector {
                 .as_ref()
                 .is_none_or(|p| resource("service.name", p))
             && self.resource.iter().all(|(k, p)| resource(k, p))
-            && (self.attributes.is_empty() || self.span_attributes_match(group))
-    }
-
-    /// Whether each of `attributes` matches on some span of `group`; decodes the spans, which
-    /// selectors on resources and experiments never need.
-    fn span_attributes_match(&self, group: &ArrivedGroup) -> bool {
-        let spans = group.decode().spans;
-        self.attributes.iter().all(|(key, p)| {
-            spans.iter().any(|span| {
-                span.attributes.iter().any(|kv| {
-                    text(&kv.key) == key.as_str()
-                        && value_matches(p, &attributes::encode(kv.value.as_ref()))
+            && self.attributes.iter().all(|(key, p)| {
+                group.spans.iter().any(|span| {
+                    SpanView::new(&span.encoded).attributes().any(|(k, value)| {
+                        k == key.as_bytes() && value_matches(p, &attributes::encode(value))
+                    })
                 })
             })
-        })
     }
 }
 

@@ -93,7 +93,7 @@ fn normalize(requests: &[&str], golden: &str) -> (Value, Value) {
         .unwrap()
         .to_string();
     let trace = spans_of(requests);
-    let (built, report) = mlflow::build(trace.trace_id, &trace.decode(), Some(&experiment), "0");
+    let (built, report) = mlflow::build(trace.trace_id, &trace.encoded(), Some(&experiment), "0");
     assert_eq!(report, mlflow::LimitReport::default());
     comparable(serde_json::to_value(&built).unwrap(), theirs)
 }

@@ -130,11 +130,11 @@ pub fn value(trace: &AssembledTrace, encoding: Encoding) -> Vec<u8> {
     match encoding {
         Encoding::MlflowJson => serde_json::to_vec(&trace.trace),
         Encoding::OtlpProto => Ok(ExportTraceServiceRequest {
-            resource_spans: resource_spans(&trace.groups),
+            resource_spans: resource_spans(trace.groups()),
         }
         .encode_to_vec()),
         Encoding::OtlpJson => serde_json::to_vec(&OtlpJsonRequest {
-            resource_spans: JsonResourceSpans(&resource_spans(&trace.groups)),
+            resource_spans: JsonResourceSpans(&resource_spans(trace.groups())),
         }),
     }
     .expect("traces serialize: every map key is a string")
