@@ -104,17 +104,31 @@ pub struct SpanView<'a> {
     pub status_code: i32,
     /// `status.message`.
     pub status_message: &'a [u8],
-    buf: &'a [u8],
+    /// Where the attributes, events and links lie: from the first occurrence of each to the end
+    /// of its last, so that reading them walks no other field.
+    regions: [&'a [u8]; 3],
 }
+
+/// The field numbers of `attributes`, `events` and `links`, in [`SpanView`]'s `regions` order.
+const REPEATED: [u32; 3] = [9, 11, 13];
 
 impl<'a> SpanView<'a> {
     /// Reads the scalar fields of the span encoded in `buf`.
     pub fn new(buf: &'a [u8]) -> Self {
-        let mut span = Self {
-            buf,
-            ..Self::default()
-        };
-        for (tag, field) in Fields::new(buf) {
+        let mut span = Self::default();
+        // (start, end) offsets of each region in `buf`.
+        let mut bounds = [(usize::MAX, 0); 3];
+        let mut fields = Fields::new(buf);
+        loop {
+            let start = buf.len() - fields.rest.len();
+            let Some((tag, field)) = fields.next() else {
+                break;
+            };
+            if let Some(i) = REPEATED.iter().position(|&t| t == tag) {
+                let end = buf.len() - fields.rest.len();
+                bounds[i] = (bounds[i].0.min(start), end);
+                continue;
+            }
             match (tag, field) {
                 (1, Field::Bytes(b)) => span.trace_id = b,
                 (2, Field::Bytes(b)) => span.span_id = b,
@@ -134,22 +148,27 @@ impl<'a> SpanView<'a> {
                 _ => {}
             }
         }
+        for (region, (start, end)) in span.regions.iter_mut().zip(bounds) {
+            *region = buf.get(start..end).unwrap_or_default();
+        }
         span
     }
 
     /// `attributes`.
     pub fn attributes(&self) -> KeyValues<'a> {
-        KeyValues::Encoded(Fields::new(self.buf), 9)
+        KeyValues::Encoded(Fields::new(self.regions[0]), 9)
     }
 
     /// `events`.
     pub fn events(&self) -> impl Iterator<Item = EventView<'a>> + use<'a> {
-        Fields::new(self.buf).messages(11).map(EventView::new)
+        Fields::new(self.regions[1])
+            .messages(11)
+            .map(EventView::new)
     }
 
     /// `links`.
     pub fn links(&self) -> impl Iterator<Item = LinkView<'a>> + use<'a> {
-        Fields::new(self.buf).messages(13).map(LinkView::new)
+        Fields::new(self.regions[2]).messages(13).map(LinkView::new)
     }
 }
 

@@ -240,6 +240,11 @@ impl Pipeline {
                 self.log.tracker.add(&[(position, first, all)]);
                 self.deliver(trace, all).await?;
             }
+            // Let a sink on this thread take the revision now: freed while its memory is still
+            // in the caches, that memory serves the next revision. Building a whole turn first
+            // (thousands of traces under load) made every allocation a cache miss, 14% more CPU
+            // per span.
+            tokio::task::yield_now().await;
         }
         self.log.tracker.hold(floor, &[]);
         Ok(())
