@@ -829,6 +829,17 @@ mod tests {
         buf
     }
 
+    /// A request of one resource with one scope holding `spans`, encoded by hand.
+    fn request_of_spans(spans: &[&[u8]]) -> Vec<u8> {
+        let mut scope = Vec::new();
+        for span in spans {
+            field(2, WireType::LengthDelimited, span, &mut scope);
+        }
+        let mut rs = Vec::new();
+        field(2, WireType::LengthDelimited, &scope, &mut rs);
+        request_of(&rs)
+    }
+
     #[test]
     fn fields_in_any_order_repeated_or_unknown_read_as_prost_merges_them() {
         let resource = |name: &str| testkit::resource_spans(name, vec![]).resource.unwrap();
@@ -906,11 +917,7 @@ mod tests {
             &status.encode_to_vec(),
             &mut span,
         );
-        let mut scope = Vec::new();
-        field(2, WireType::LengthDelimited, &span, &mut scope);
-        let mut rs = Vec::new();
-        field(2, WireType::LengthDelimited, &scope, &mut rs);
-        let buf = request_of(&rs);
+        let buf = request_of_spans(&[&span]);
         reads_as_prost_decodes(&buf).unwrap();
         let blocks = read_resource_spans(&Bytes::from(buf), 1).unwrap();
         let stored = &blocks[0].scopes[0].spans[0].encoded;
@@ -937,17 +944,7 @@ mod tests {
         let mut span = rich_span(1).encode_to_vec();
         // `kind` (field 6, a varint) sent length-delimited.
         field(6, WireType::LengthDelimited, b"x", &mut span);
-        let mut scope = Vec::new();
-        field(
-            2,
-            WireType::LengthDelimited,
-            &rich_span(2).encode_to_vec(),
-            &mut scope,
-        );
-        field(2, WireType::LengthDelimited, &span, &mut scope);
-        let mut rs = Vec::new();
-        field(2, WireType::LengthDelimited, &scope, &mut rs);
-        let buf = request_of(&rs);
+        let buf = request_of_spans(&[&rich_span(2).encode_to_vec(), &span]);
         reads_as_prost_decodes(&buf).unwrap();
         let err = read_resource_spans(&Bytes::from(buf), 1).unwrap_err();
         assert_eq!(err.at, "resource_spans[0].scope_spans[0].spans[1]");
@@ -960,11 +957,7 @@ mod tests {
         field(3, WireType::EndGroup, &[], &mut attribute);
         let mut span = Vec::new();
         field(9, WireType::LengthDelimited, &attribute, &mut span);
-        let mut scope = Vec::new();
-        field(2, WireType::LengthDelimited, &span, &mut scope);
-        let mut rs = Vec::new();
-        field(2, WireType::LengthDelimited, &scope, &mut rs);
-        let buf = request_of(&rs);
+        let buf = request_of_spans(&[&span]);
         reads_as_prost_decodes(&buf).unwrap();
         let err = read_resource_spans(&Bytes::from(buf), 1).unwrap_err();
         assert_eq!(
