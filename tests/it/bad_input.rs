@@ -80,6 +80,36 @@ async fn truncated_protobuf_is_400_with_the_decoder_message() {
     c.stop().await;
 }
 
+/// `field` as a length-delimited protobuf field `tag`.
+fn delimited(tag: u32, field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, &mut out);
+    prost::encoding::encode_varint(field.len() as u64, &mut out);
+    out.extend_from_slice(field);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_attribute_deep_in_a_span_is_400_naming_the_span_and_field() {
+    let c = small_limit_collector().await;
+    let good = testkit::span([3; 16], [1; 8], &[], "fine").encode_to_vec();
+    let mut bad = testkit::span([3; 16], [2; 8], &[1; 8], "damaged").encode_to_vec();
+    // An attribute (field 9) whose key claims 5 bytes where 1 follows.
+    bad.extend(delimited(9, &[0x0a, 0x05, b'k']));
+    let scope = [delimited(2, &good), delimited(2, &bad)].concat();
+    let body = delimited(1, &delimited(2, &scope));
+    let (status, err) = proto_error(send(&c, body, &[PROTO]).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(err.code, 3, "INVALID_ARGUMENT");
+    assert_eq!(
+        err.message,
+        "invalid protobuf ExportTraceServiceRequest: resource_spans[0].scope_spans[0].spans[1]: \
+         KeyValue field 1: the buffer ends inside a field"
+    );
+    still_serving(&c, 2).await;
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_content_type_is_415_naming_it() {
     let c = small_limit_collector().await;
