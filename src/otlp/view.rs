@@ -10,7 +10,9 @@
 //! twice, so taking the last occurrence of every field, as views do, reads what prost decodes.
 //! On bytes that were not checked, a view stops at the first malformed field rather than fail.
 
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+use prost::encoding::WireType;
+
+use super::wire::{Fault, RECURSION_LIMIT, Reader};
 
 use super::{AnyValue, KeyValue};
 
@@ -30,35 +32,30 @@ pub enum Field<'a> {
 /// The fields of one message, in order.
 #[derive(Clone, Debug)]
 pub struct Fields<'a> {
-    rest: &'a [u8],
+    reader: Reader<'a>,
 }
 
 impl<'a> Fields<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Self { rest: buf }
+        Self {
+            reader: Reader::new(buf),
+        }
     }
 
-    fn read(&mut self) -> Option<(u32, Field<'a>)> {
-        let (tag, wire_type) = decode_key(&mut self.rest).ok()?;
+    fn read(&mut self) -> Result<Option<(u32, Field<'a>)>, Fault> {
+        let Some((tag, wire_type)) = self.reader.key()? else {
+            return Ok(None);
+        };
         let field = match wire_type {
-            WireType::Varint => Field::Varint(decode_varint(&mut self.rest).ok()?),
-            WireType::SixtyFourBit => {
-                let (value, rest) = self.rest.split_first_chunk::<8>()?;
-                self.rest = rest;
-                Field::Fixed64(u64::from_le_bytes(*value))
-            }
-            WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut self.rest).ok()?).ok()?;
-                let value = self.rest.get(..len)?;
-                self.rest = &self.rest[len..];
-                Field::Bytes(value)
-            }
+            WireType::Varint => Field::Varint(self.reader.varint()?),
+            WireType::SixtyFourBit => Field::Fixed64(self.reader.fixed64()?),
+            WireType::LengthDelimited => Field::Bytes(self.reader.delimited()?),
             _ => {
-                skip_field(wire_type, tag, &mut self.rest, DecodeContext::default()).ok()?;
+                self.reader.skip(wire_type, tag, RECURSION_LIMIT)?;
                 Field::Other
             }
         };
-        Some((tag, field))
+        Ok(Some((tag, field)))
     }
 
     /// The payloads of the length-delimited occurrences of field `tag`.
@@ -74,12 +71,10 @@ impl<'a> Iterator for Fields<'a> {
     type Item = (u32, Field<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let field = self.read();
+        let field = self.read().ok().flatten();
         if field.is_none() {
-            self.rest = &[];
+            // Malformed (never, for checked bytes) or at the end: stay at the end.
+            self.reader = Reader::new(&[]);
         }
         field
     }
@@ -120,12 +115,12 @@ impl<'a> SpanView<'a> {
         let mut bounds = [(usize::MAX, 0); 3];
         let mut fields = Fields::new(buf);
         loop {
-            let start = buf.len() - fields.rest.len();
+            let start = fields.reader.position();
             let Some((tag, field)) = fields.next() else {
                 break;
             };
             if let Some(i) = REPEATED.iter().position(|&t| t == tag) {
-                let end = buf.len() - fields.rest.len();
+                let end = fields.reader.position();
                 bounds[i] = (bounds[i].0.min(start), end);
                 continue;
             }

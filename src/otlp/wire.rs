@@ -22,7 +22,7 @@ use prost::encoding::{WireType, decode_key, decode_varint};
 use super::{InstrumentationScope, Resource};
 
 /// prost's recursion limit: how deeply messages may nest below the one being decoded.
-const RECURSION_LIMIT: u32 = 100;
+pub(super) const RECURSION_LIMIT: u32 = 100;
 
 /// One `ResourceSpans`: its resource, decoded, and its scopes.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -231,7 +231,7 @@ fn merge<M: Message + Default>(
 /// The messages below `Span`, with the kind of each field as the OTLP protos (and the structs in
 /// [`crate::otlp`]) declare it.
 #[derive(Clone, Copy, Debug)]
-enum Msg {
+pub(super) enum Msg {
     Span,
     Event,
     Link,
@@ -327,9 +327,8 @@ fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> R
         match kind {
             Kind::Varint => reader.varint().map(drop),
             Kind::Fixed32 => reader.take(4).map(drop),
-            Kind::Fixed64 => reader.take(8).map(|b| {
+            Kind::Fixed64 => reader.fixed64().map(|value| {
                 if let Some(head) = head.as_deref_mut() {
-                    let value = u64::from_le_bytes(b.try_into().expect("took 8 bytes"));
                     match tag {
                         7 => head.start_time_unix_nano = value,
                         8 => head.end_time_unix_nano = value,
@@ -361,15 +360,16 @@ fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> R
     Ok(canonical)
 }
 
-/// A cursor over a message's fields.
-struct Reader<'a> {
+/// A cursor over a message's fields; [`super::view`] reads through it too.
+#[derive(Clone, Debug)]
+pub(super) struct Reader<'a> {
     whole: &'a [u8],
     rest: &'a [u8],
     bytes: Option<&'a Bytes>,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Self {
             whole: buf,
             rest: buf,
@@ -386,14 +386,14 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field's tag and wire type, `None` at the end.
-    fn key(&mut self) -> Result<Option<(u32, WireType)>, Fault> {
+    pub(super) fn key(&mut self) -> Result<Option<(u32, WireType)>, Fault> {
         if self.rest.is_empty() {
             return Ok(None);
         }
         decode_key(&mut self.rest).map(Some).map_err(Fault::Prost)
     }
 
-    fn varint(&mut self) -> Result<u64, Fault> {
+    pub(super) fn varint(&mut self) -> Result<u64, Fault> {
         decode_varint(&mut self.rest).map_err(Fault::Prost)
     }
 
@@ -406,7 +406,18 @@ impl<'a> Reader<'a> {
         Ok(field)
     }
 
-    fn delimited(&mut self) -> Result<&'a [u8], Fault> {
+    /// A fixed 64-bit field's value.
+    pub(super) fn fixed64(&mut self) -> Result<u64, Fault> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("took 8 bytes")))
+    }
+
+    /// How far into the message the cursor is.
+    pub(super) fn position(&self) -> usize {
+        self.whole.len() - self.rest.len()
+    }
+
+    pub(super) fn delimited(&mut self) -> Result<&'a [u8], Fault> {
         let len = self.varint()?;
         self.take(usize::try_from(len).map_err(|_| Fault::Truncated)?)
     }
@@ -433,7 +444,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips an unknown field as prost's `skip_field` does, groups included.
-    fn skip(&mut self, wire_type: WireType, tag: u32, depth: u32) -> Result<(), Fault> {
+    pub(super) fn skip(&mut self, wire_type: WireType, tag: u32, depth: u32) -> Result<(), Fault> {
         if depth == 0 {
             return Err(Fault::TooDeep);
         }
@@ -460,7 +471,7 @@ impl<'a> Reader<'a> {
 
 /// What is wrong, with the innermost message and field it was found in.
 #[derive(Debug)]
-enum Fault {
+pub(super) enum Fault {
     Prost(prost::DecodeError),
     Truncated,
     TooDeep,
