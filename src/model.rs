@@ -166,23 +166,15 @@ pub struct EncodedGroup {
 }
 
 impl EncodedGroup {
-    /// The spans decoded.
+    /// The spans decoded; checked on arrival ([`crate::otlp::wire`]), they always decode.
     pub fn decode(&self) -> SpanGroup {
+        use prost::Message;
+        let decode = |b: &Bytes| Span::decode(b.clone()).expect("spans are checked on arrival");
         SpanGroup {
             origin: Arc::clone(&self.origin),
-            spans: decode_spans(&self.spans),
+            spans: self.spans.iter().map(decode).collect(),
         }
     }
-}
-
-/// Decodes spans that were checked on arrival ([`crate::otlp::wire`]), which guarantees that
-/// they decode.
-pub fn decode_spans<'a>(encoded: impl IntoIterator<Item = &'a Bytes>) -> Vec<Span> {
-    use prost::Message;
-    encoded
-        .into_iter()
-        .map(|b| Span::decode(b.clone()).expect("spans are checked on arrival"))
-        .collect()
 }
 
 /// A valid span as it arrived: the ids that assembly reads, and the `Span` message still
@@ -326,13 +318,7 @@ impl AssembledTrace {
 
     /// The OTLP spans, decoded, grouped by origin.
     pub fn groups(&self) -> &[SpanGroup] {
-        self.decoded.get_or_init(|| {
-            self.release
-                .groups
-                .iter()
-                .map(EncodedGroup::decode)
-                .collect()
-        })
+        self.decoded.get_or_init(|| self.release.decode())
     }
 
     /// The OTLP spans, decoded, for a stage to change.

@@ -50,8 +50,8 @@ impl ReleaseReason {
 
 /// One released revision of a trace: every span held for it, and why it was released.
 ///
-/// Spans stay encoded: consumers that need them decoded (MLflow normalization) decode once with
-/// [`Release::decode`]; those that write OTLP protobuf can use the bytes as they are.
+/// Spans stay encoded: MLflow normalization reads them in place ([`crate::otlp::view`]), and
+/// stages or sinks that need OTLP structs decode them with [`Release::decode`].
 #[derive(Clone, Debug)]
 pub struct Release {
     /// The trace.
