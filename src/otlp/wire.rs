@@ -147,50 +147,35 @@ pub fn read_resource_spans(buf: &Bytes, field: u32) -> Result<Vec<ResourceBlock>
 }
 
 fn resource_block(buf: &Bytes, r: usize) -> Result<ResourceBlock, WireError> {
-    const DEPTH: u32 = RECURSION_LIMIT - 1;
-    let at = format!("resource_spans[{r}]");
+    let at = || format!("resource_spans[{r}]");
     let mut block = ResourceBlock::default();
     let mut scopes = Vec::new();
-    let mut reader = Reader::of(buf);
-    while let Some((tag, wire_type)) = reader.key().map_err(|f| f.at(&at))? {
-        let field = match tag {
-            1 | 2 => reader.message(wire_type, DEPTH),
-            3 => reader.bytes(wire_type),
-            _ => reader.skip(wire_type, tag, DEPTH).map(|()| Bytes::new()),
-        }
-        .map_err(|f| f.at(&at))?;
+    walk_block(buf, RECURSION_LIMIT - 1, &at, |tag, field| {
         match tag {
-            1 => merge(&mut block.resource, field, &format!("{at}.resource"))?,
+            1 => merge(&mut block.resource, field, || format!("{}.resource", at()))?,
             2 => scopes.push(field),
-            3 => block.schema_url = field,
-            _ => {}
+            _ => block.schema_url = field,
         }
-    }
+        Ok(())
+    })?;
     block.scopes = scopes
         .iter()
         .enumerate()
-        .map(|(s, scope)| scope_block(scope, &format!("{at}.scope_spans[{s}]")))
+        .map(|(s, scope)| scope_block(scope, &|| format!("{}.scope_spans[{s}]", at())))
         .collect::<Result<_, _>>()?;
     Ok(block)
 }
 
-fn scope_block(buf: &Bytes, at: &str) -> Result<ScopeBlock, WireError> {
+fn scope_block(buf: &Bytes, at: &dyn Fn() -> String) -> Result<ScopeBlock, WireError> {
     const DEPTH: u32 = RECURSION_LIMIT - 2;
     let mut block = ScopeBlock::default();
-    let mut reader = Reader::of(buf);
-    while let Some((tag, wire_type)) = reader.key().map_err(|f| f.at(at))? {
-        let field = match tag {
-            1 | 2 => reader.message(wire_type, DEPTH),
-            3 => reader.bytes(wire_type),
-            _ => reader.skip(wire_type, tag, DEPTH).map(|()| Bytes::new()),
-        }
-        .map_err(|f| f.at(at))?;
+    walk_block(buf, DEPTH, at, |tag, field| {
         match tag {
-            1 => merge(&mut block.scope, field, &format!("{at}.scope"))?,
+            1 => merge(&mut block.scope, field, || format!("{}.scope", at()))?,
             2 => {
                 let mut head = SpanHead::default();
                 let canonical = check(Msg::Span, &field, DEPTH - 1, Some(&mut head))
-                    .map_err(|f| f.at(&format!("{at}.spans[{}]", block.spans.len())))?;
+                    .map_err(|f| f.at(&format!("{}.spans[{}]", at(), block.spans.len())))?;
                 let encoded = if canonical {
                     field
                 } else {
@@ -198,11 +183,36 @@ fn scope_block(buf: &Bytes, at: &str) -> Result<ScopeBlock, WireError> {
                 };
                 block.spans.push(WireSpan { head, encoded });
             }
-            3 => block.schema_url = field,
-            _ => {}
+            _ => block.schema_url = field,
         }
-    }
+        Ok(())
+    })?;
     Ok(block)
+}
+
+/// Walks a `ResourceSpans` or `ScopeSpans` (a message at recursion budget `depth`), whose
+/// fields 1 and 2 are messages and 3 the schema URL: hands each of those to `on`, skips the rest.
+fn walk_block(
+    buf: &Bytes,
+    depth: u32,
+    at: &dyn Fn() -> String,
+    mut on: impl FnMut(u32, Bytes) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut reader = Reader::of(buf);
+    while let Some((tag, wire_type)) = reader.key().map_err(|f| f.at(&at()))? {
+        let field = match tag {
+            1 | 2 => reader.message(wire_type, depth),
+            3 => reader.bytes(wire_type),
+            _ => {
+                reader
+                    .skip(wire_type, tag, depth)
+                    .map_err(|f| f.at(&at()))?;
+                continue;
+            }
+        };
+        on(tag, field.map_err(|f| f.at(&at()))?)?;
+    }
+    Ok(())
 }
 
 /// A span's encoding as prost writes it after decoding, for the rare span that repeats a
@@ -218,12 +228,12 @@ fn canonical_span(encoded: Bytes) -> Bytes {
 fn merge<M: Message + Default>(
     slot: &mut Option<M>,
     buf: Bytes,
-    at: &str,
+    at: impl Fn() -> String,
 ) -> Result<(), WireError> {
     slot.get_or_insert_with(M::default)
         .merge(buf)
         .map_err(|e| WireError {
-            at: at.to_string(),
+            at: at(),
             reason: e.to_string(),
         })
 }
