@@ -318,3 +318,22 @@ fn a_ten_thousand_span_trace_round_trips() {
         .as_primitive::<Int32Type>();
     assert_eq!(count.value(0), 10_000);
 }
+
+#[test]
+fn steps_are_encoded_in_bounded_batches_in_order() {
+    let traces: Vec<super::SinkInput> = [300, 300, 500, 2000, 10]
+        .into_iter()
+        .map(|bytes| {
+            let mut t = two_services();
+            t.bytes = bytes;
+            std::sync::Arc::new(t)
+        })
+        .collect();
+    let refs: Vec<&super::SinkInput> = traces.iter().collect();
+    let sizes: Vec<Vec<usize>> = super::batches(&refs, 1000)
+        .map(|b| b.iter().map(|t| t.bytes).collect())
+        .collect();
+    // Never over the limit unless one trace alone is; never empty; nothing skipped or reordered.
+    assert_eq!(sizes, [vec![300, 300], vec![500], vec![2000], vec![10]]);
+    assert_eq!(super::batches(&[], 1000).count(), 0);
+}
