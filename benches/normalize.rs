@@ -41,7 +41,7 @@ fn normalize(c: &mut Criterion) {
             b.iter(|| {
                 input
                     .iter()
-                    .map(|(id, groups)| mlflow::build(*id, groups, None, "0").0)
+                    .map(|(id, groups)| mlflow::build(*id, groups, None, "0").trace)
                     .collect::<Vec<_>>()
             })
         });
@@ -50,7 +50,7 @@ fn normalize(c: &mut Criterion) {
                 input
                     .iter()
                     .map(|(id, groups)| {
-                        serde_json::to_vec(&mlflow::build(*id, groups, None, "0").0).unwrap()
+                        serde_json::to_vec(&mlflow::build(*id, groups, None, "0").trace).unwrap()
                     })
                     .map(|v| v.len())
                     .sum::<usize>()

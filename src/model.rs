@@ -5,7 +5,6 @@
 //! is one OTLP request after validation, already split by trace id so that later stages (the
 //! ingest log, the assembler) can work per trace without walking the request again.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
@@ -290,6 +289,8 @@ pub struct AssembledTrace {
     /// The MLflow trace, with `traceloom.revision` metadata and, when partial, the
     /// `traceloom.partial` and `traceloom.partial_reason` tags.
     pub trace: crate::mlflow::Trace,
+    /// The `service.name` of each span's resource.
+    pub services: Services,
     /// Approximate size in memory, charged to sink queues.
     pub bytes: usize,
     /// The position of the revision's release decision in the ingest log's journal: its
@@ -299,7 +300,7 @@ pub struct AssembledTrace {
 
 impl AssembledTrace {
     /// A revision and the MLflow trace built from it.
-    pub fn new(release: crate::assemble::Release, trace: crate::mlflow::Trace) -> Self {
+    pub fn new(release: crate::assemble::Release, built: crate::mlflow::Built) -> Self {
         let bytes = release
             .groups
             .iter()
@@ -310,7 +311,8 @@ impl AssembledTrace {
         Self {
             release,
             decoded: OnceLock::new(),
-            trace,
+            trace: built.trace,
+            services: built.services,
             bytes,
             position: 0,
         }
@@ -347,37 +349,54 @@ impl AssembledTrace {
             decoded.retain(|g| !g.spans.is_empty());
         }
     }
-
-    /// The `service.name` of each span's resource.
-    pub fn services(&self) -> Services {
-        let mut names: Vec<String> = Vec::new();
-        let mut by_span = HashMap::new();
-        for group in &self.release.groups {
-            let Some(service) = group.origin.resource_str("service.name") else {
-                continue;
-            };
-            let index = names.iter().position(|n| *n == service).unwrap_or_else(|| {
-                names.push(service);
-                names.len() - 1
-            });
-            for span in &group.spans {
-                if let Some(id) = SpanId::from_slice(SpanView::new(span).span_id) {
-                    by_span.insert(id, index);
-                }
-            }
-        }
-        Services { names, by_span }
-    }
 }
 
 /// The `service.name` of each span of a trace: distinct names, and each span's index into them.
 #[derive(Debug, Default)]
 pub struct Services {
     names: Vec<String>,
-    by_span: HashMap<SpanId, usize>,
+    by_span: rustc_hash::FxHashMap<SpanId, usize>,
 }
 
 impl Services {
+    /// The service of each span, from its origin's resource; names in order of first appearance.
+    pub fn of<'a>(spans: impl IntoIterator<Item = (&'a Origin, SpanId)>) -> Self {
+        let mut services = Self::default();
+        // Each origin's service index, looked up once: a trace has few origins.
+        let mut origins: Vec<(*const Origin, Option<usize>)> = Vec::new();
+        for (origin, id) in spans {
+            let index = match origins.iter().find(|(o, _)| std::ptr::eq(*o, origin)) {
+                Some(&(_, index)) => index,
+                None => {
+                    let index = origin
+                        .resource_str("service.name")
+                        .map(|name| services.index(name));
+                    origins.push((origin, index));
+                    index
+                }
+            };
+            if let Some(index) = index {
+                services.by_span.insert(id, index);
+            }
+        }
+        services
+    }
+
+    fn index(&mut self, name: String) -> usize {
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or_else(|| {
+                self.names.push(name);
+                self.names.len() - 1
+            })
+    }
+
+    /// The distinct service names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The service of span `id`, if its resource names one.
     pub fn of_span(&self, id: &SpanId) -> Option<&str> {
         self.by_span.get(id).map(|&i| &self.names[i][..])

@@ -59,10 +59,41 @@ fn is_json_container_or_string(s: &str) -> bool {
 }
 
 /// Reads a stored value back as MLflow's readers do: `json.loads`, else the raw text.
+///
+/// Most stored values are plain JSON strings or integers; those are read without a parser.
 pub fn read(stored: &str) -> PyValue {
+    if let Some(s) = plain_str(stored) {
+        return PyValue::Str(s.to_string());
+    }
+    if let Some(i) = plain_int(stored) {
+        return PyValue::Int(i);
+    }
+    parse(stored)
+}
+
+fn parse(stored: &str) -> PyValue {
     serde_json::from_str::<serde_json::Value>(stored)
         .map(|v| PyValue::from_json(&v))
         .unwrap_or_else(|_| PyValue::Str(stored.to_string()))
+}
+
+/// The text of a stored value that is a JSON string without escapes, borrowed: what [`read`]
+/// returns as a `PyValue::Str`.
+pub fn plain_str(stored: &str) -> Option<&str> {
+    let inner = stored.strip_prefix('"')?.strip_suffix('"')?;
+    // Control characters make the JSON invalid, and then `read` returns the raw text.
+    (!inner.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).then_some(inner)
+}
+
+/// A stored JSON integer (`-?(0|[1-9][0-9]*)`) that fits an `i64`.
+fn plain_int(stored: &str) -> Option<i64> {
+    let digits = stored.strip_prefix('-').unwrap_or(stored);
+    let json = match digits.as_bytes() {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    json.then(|| stored.parse().ok()).flatten()
 }
 
 #[cfg(test)]
@@ -177,7 +208,22 @@ mod properties {
         })
     }
 
+    /// Stored texts near the fast paths' edges: quotes, escapes, control characters, signs,
+    /// leading zeros, numbers past `i64`, and JSON around them.
+    fn stored_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\"[a-z\\\\\"\\x00-\\x1f ]{0,6}\"?",
+            "-?[0-9]{0,21}(\\.[0-9]?)?",
+            "[ \\[{\"]?[-0-9a-z\\\\\", :]{0,8}[\\]}\"]?",
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn fast_paths_read_as_the_parser_does(stored in stored_text()) {
+            prop_assert_eq!(read(&stored), parse(&stored));
+        }
+
         /// `json.loads(stored)` (falling back to the raw text) gives back the decoded value, except
         /// that a string holding JSON for a string, object or array reads back as that JSON, as it
         /// does in MLflow.

@@ -16,5 +16,6 @@ pub mod json;
 pub mod preview;
 pub mod span;
 pub mod trace;
+pub mod usage;
 
-pub use trace::{LimitReport, Trace, build};
+pub use trace::{Built, LimitReport, Trace, build};

@@ -183,9 +183,4 @@ impl Span {
                 .collect(),
         }
     }
-
-    /// The decoded value of attribute `key`, as MLflow readers get it.
-    pub fn attribute(&self, key: &str) -> Option<super::json::PyValue> {
-        self.attributes.get(key).map(|v| attributes::read(v))
-    }
 }

@@ -7,10 +7,11 @@
 //! token usage, resource attributes as tags. Where MLflow rejects a whole batch (a session id
 //! over 250 characters) only that field is dropped, and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, UNIX_EPOCH};
 
 use indexmap::IndexMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use super::attributes;
@@ -18,7 +19,8 @@ use super::conventions::{INPUTS, OUTPUTS, TOKEN_USAGE};
 use super::json::PyValue;
 use super::preview::{preview, truncate};
 use super::span::{Span, StatusCode, mlflow_trace_id, request_id_attribute};
-use crate::model::{EncodedGroup, Origin, SpanId, TraceId};
+use super::usage;
+use crate::model::{EncodedGroup, Origin, Services, SpanId, TraceId};
 use crate::otlp::text;
 use crate::otlp::view::{SpanView, ValueRef};
 
@@ -133,6 +135,17 @@ pub struct LimitReport {
     pub metadata_truncated: usize,
 }
 
+/// What [`build`] makes of a trace's spans.
+#[derive(Debug)]
+pub struct Built {
+    /// The MLflow trace.
+    pub trace: Trace,
+    /// What had to change to respect MLflow's limits.
+    pub report: LimitReport,
+    /// Each span's service, from its resource.
+    pub services: Services,
+}
+
 /// Where the experiment id comes from when no header names it.
 pub const EXPERIMENT_RESOURCE_ATTRIBUTE: &str = "mlflow.experimentId";
 
@@ -145,7 +158,7 @@ pub fn build(
     groups: &[EncodedGroup],
     experiment: Option<&str>,
     default_experiment: &str,
-) -> (Trace, LimitReport) {
+) -> Built {
     let request_id = request_id_attribute(&trace_id);
     let mut spans: Vec<(&Origin, Span)> = groups
         .iter()
@@ -166,6 +179,7 @@ pub fn build(
             s.span_id,
         )
     });
+    let services = Services::of(spans.iter().map(|(o, s)| (*o, s.span_id)));
     let mut report = LimitReport::default();
     let root = spans.iter().position(|(_, s)| s.parent_span_id.is_none());
     let start_ms = spans
@@ -204,20 +218,21 @@ pub fn build(
         request_time: timestamp(start_ms),
         state,
         trace_metadata: metadata(&spans, root_span, &mut report),
-        tags: tags(&spans, root, &mut report),
+        tags: tags(&spans, root, services.names(), &mut report),
         request_preview: root_preview(root_span, INPUTS, "user"),
         response_preview: root_preview(root_span, OUTPUTS, "assistant"),
         execution_duration_ms: end_ms.saturating_sub(start_ms) as i64,
         request_time_ms: start_ms,
     };
     let spans = spans.into_iter().map(|(_, s)| s).collect();
-    (
-        Trace {
+    Built {
+        trace: Trace {
             info,
             data: TraceData { spans },
         },
         report,
-    )
+        services,
+    }
 }
 
 impl Trace {
@@ -312,6 +327,7 @@ fn metadata(
 fn tags(
     spans: &[(&Origin, Span)],
     root: Option<usize>,
+    services: &[String],
     report: &mut LimitReport,
 ) -> IndexMap<String, String> {
     let mut tags = IndexMap::new();
@@ -347,16 +363,8 @@ fn tags(
         }
         tags.insert("mlflow.traceName".into(), root.name.clone());
     }
-    let mut services: Vec<String> = Vec::new();
-    for (origin, _) in spans {
-        if let Some(name) = origin.resource_str("service.name")
-            && !services.contains(&name)
-        {
-            services.push(name);
-        }
-    }
     if !services.is_empty() {
-        let list = PyValue::List(services.into_iter().map(PyValue::Str).collect());
+        let list = PyValue::List(services.iter().cloned().map(PyValue::Str).collect());
         tags.insert("traceloom.services".into(), list.dumps());
     }
     tags.retain(|k, _| {
@@ -378,8 +386,8 @@ fn tags(
 /// `total_tokens` are always present; cache keys only when seen.
 pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue> {
     let spans: Vec<&Span> = spans.collect();
-    let ids: HashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
-    let mut children: HashMap<SpanId, Vec<usize>> = HashMap::new();
+    let ids: FxHashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
+    let mut children: FxHashMap<SpanId, Vec<usize>> = FxHashMap::default();
     let mut stack: Vec<(usize, bool)> = Vec::new();
     for (i, s) in spans.iter().enumerate() {
         match s.parent_span_id.filter(|p| ids.contains(p)) {
@@ -394,22 +402,22 @@ pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue>
     let mut found = false;
     while let Some((i, covered)) = stack.pop() {
         let usage = (!covered)
-            .then(|| spans[i].attribute(TOKEN_USAGE))
-            .flatten();
-        let has = matches!(usage, Some(PyValue::Dict(_)));
-        if let Some(PyValue::Dict(entries)) = usage {
+            .then(|| spans[i].attributes.get(TOKEN_USAGE))
+            .flatten()
+            .and_then(|stored| usage::read(stored));
+        if let Some(u) = usage {
             found = true;
-            for (k, v) in entries {
-                let PyValue::Int(n) = v else { continue };
-                if let Some(j) = KEYS.iter().position(|x| *x == k) {
-                    totals[j] += n;
-                } else if let Some(j) = CACHE.iter().position(|x| *x == k) {
-                    *cache[j].get_or_insert(0) += n;
+            for (total, n) in totals.iter_mut().zip([u.input, u.output, u.total]) {
+                *total += n.unwrap_or(0);
+            }
+            for (sum, n) in cache.iter_mut().zip([u.cache_read, u.cache_creation]) {
+                if let Some(n) = n {
+                    *sum.get_or_insert(0) += n;
                 }
             }
         }
         for &c in children.get(&spans[i].span_id).into_iter().flatten() {
-            stack.push((c, covered || has));
+            stack.push((c, covered || usage.is_some()));
         }
     }
     found.then(|| {
@@ -473,19 +481,20 @@ mod tests {
     fn state_follows_the_root() {
         let o = origin("svc", vec![]);
         let child = span(T, [2; 8], &[1; 8], "child");
-        let (t, _) = build(TraceId(T), &[group(&o, vec![child.clone()])], None, "0");
+        let t = build(TraceId(T), &[group(&o, vec![child.clone()])], None, "0").trace;
         assert_eq!(t.info.state, TraceState::InProgress);
         assert_eq!(t.info.request_preview, None);
         let root_error = with(span(T, [1; 8], &[], "root"), vec![], 2);
-        let (t, _) = build(
+        let t = build(
             TraceId(T),
             &[group(&o, vec![child.clone(), root_error])],
             None,
             "0",
-        );
+        )
+        .trace;
         assert_eq!(t.info.state, TraceState::Error);
         let root_unset = with(span(T, [1; 8], &[], "root"), vec![], 0);
-        let (t, _) = build(TraceId(T), &[group(&o, vec![child, root_unset])], None, "0");
+        let t = build(TraceId(T), &[group(&o, vec![child, root_unset])], None, "0").trace;
         assert_eq!(t.info.state, TraceState::Ok);
         assert_eq!(
             t.data.spans[0].name, "root",
@@ -500,7 +509,7 @@ mod tests {
         let root = span(T, [1; 8], &[], "root");
         let id = |groups: &[EncodedGroup], header| {
             build(TraceId(T), groups, header, "0")
-                .0
+                .trace
                 .info
                 .trace_location
                 .mlflow_experiment
@@ -528,12 +537,13 @@ mod tests {
         );
         let mut child = span(T, [2; 8], &[1; 8], "server-handler");
         child.start_time_unix_nano += 1;
-        let (t, _) = build(
+        let t = build(
             TraceId(T),
             &[group(&back, vec![child]), group(&front, vec![root])],
             None,
             "0",
-        );
+        )
+        .trace;
         let tags = &t.info.tags;
         assert_eq!(tags["service.name"], "frontend", "the root's resource wins");
         assert_eq!(tags["deployment.environment"], "prod");
@@ -559,7 +569,9 @@ mod tests {
             ],
             1,
         );
-        let (t, report) = build(TraceId(T), &[group(&o, vec![root])], None, "0");
+        let Built {
+            trace: t, report, ..
+        } = build(TraceId(T), &[group(&o, vec![root])], None, "0");
         assert_eq!(
             report,
             LimitReport {
@@ -594,12 +606,13 @@ mod tests {
         let rollup = with(span(T, [2; 8], &[1; 8], "rollup"), vec![usage(10, 5)], 0);
         let under = with(span(T, [3; 8], &[2; 8], "llm"), vec![usage(10, 5)], 0);
         let sibling = with(span(T, [4; 8], &[1; 8], "llm2"), vec![usage(1, 1)], 0);
-        let (t, _) = build(
+        let t = build(
             TraceId(T),
             &[group(&o, vec![root, rollup, under, sibling])],
             None,
             "0",
-        );
+        )
+        .trace;
         assert_eq!(
             t.info.trace_metadata["mlflow.trace.tokenUsage"],
             r#"{"input_tokens": 11, "output_tokens": 6, "total_tokens": 17}"#

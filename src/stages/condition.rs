@@ -127,11 +127,6 @@ impl Condition {
             })
             && self.not.as_ref().is_none_or(|n| !n.any_holds(s))
     }
-
-    /// Whether the condition reads service names (which cost an index per trace).
-    fn needs_services(&self) -> bool {
-        self.service.is_some() || self.not.as_ref().is_some_and(Conditions::needs_services)
-    }
 }
 
 impl Conditions {
@@ -145,30 +140,13 @@ impl Conditions {
         if self.0.is_empty() {
             return false;
         }
-        let services = Conditions::services([self], trace);
         trace.trace.data.spans.iter().any(|span| {
             self.any_holds(Subject {
                 trace: &trace.trace,
                 span,
-                services: &services,
+                services: &trace.services,
             })
         })
-    }
-
-    /// The service index when a condition of any list in `lists` needs it, else an empty one.
-    pub fn services<'a>(
-        lists: impl IntoIterator<Item = &'a Conditions>,
-        trace: &crate::model::AssembledTrace,
-    ) -> Services {
-        if lists.into_iter().any(Conditions::needs_services) {
-            trace.services()
-        } else {
-            Services::default()
-        }
-    }
-
-    fn needs_services(&self) -> bool {
-        self.0.iter().any(Condition::needs_services)
     }
 
     /// Whether the list is empty.
@@ -181,9 +159,7 @@ impl Conditions {
 /// its JSON.
 pub(crate) fn value_matches(pattern: &Pattern, stored: &str) -> bool {
     // Most stored values are plain JSON strings: no need to parse them.
-    if let Some(inner) = stored.strip_prefix('"').and_then(|s| s.strip_suffix('"'))
-        && !inner.contains(['\\', '"'])
-    {
+    if let Some(inner) = attributes::plain_str(stored) {
         return pattern.matches(inner);
     }
     match attributes::read(stored) {
@@ -203,7 +179,6 @@ mod tests {
 
     fn matching(yaml: &str, trace: &crate::model::AssembledTrace) -> Vec<String> {
         let c = conditions(yaml);
-        let services = trace.services();
         trace
             .trace
             .data
@@ -213,7 +188,7 @@ mod tests {
                 c.any_holds(Subject {
                     trace: &trace.trace,
                     span,
-                    services: &services,
+                    services: &trace.services,
                 })
             })
             .map(|s| s.name.clone())

@@ -70,8 +70,6 @@ impl FilterConfig {
     }
 
     fn filter_spans(&self, trace: &mut AssembledTrace) {
-        let lists = self.keep_spans.iter().chain([&self.drop_spans]);
-        let services = Conditions::services(lists, trace);
         let removed: HashSet<SpanId> = trace
             .trace
             .data
@@ -82,7 +80,7 @@ impl FilterConfig {
                 let s = Subject {
                     trace: &trace.trace,
                     span,
-                    services: &services,
+                    services: &trace.services,
                 };
                 self.keep_spans.as_ref().is_some_and(|k| !k.any_holds(s))
                     || self.drop_spans.any_holds(s)

@@ -87,14 +87,14 @@ pub struct PipelineLog {
 
 /// Builds the MLflow trace of a released revision.
 pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> AssembledTrace {
-    let (mut trace, report) = mlflow::build(
+    let mut built = mlflow::build(
         release.trace_id,
         &release.groups,
         release.experiment.as_deref(),
         &config.default_experiment,
     );
-    metrics.mlflow_limits(&report);
-    let info = &mut trace.info;
+    metrics.mlflow_limits(&built.report);
+    let info = &mut built.trace.info;
     info.trace_metadata
         .insert(REVISION_KEY.into(), release.revision.to_string());
     if release.partial() {
@@ -102,7 +102,7 @@ pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> 
         info.tags
             .insert(PARTIAL_REASON_TAG.into(), release.reason.as_str().into());
     }
-    AssembledTrace::new(release, trace)
+    AssembledTrace::new(release, built)
 }
 
 /// Decisions of one turn, in the order the assembler took them.

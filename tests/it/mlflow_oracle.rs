@@ -227,7 +227,7 @@ pub fn all_traces() -> Vec<mlflow::Trace> {
     requests
         .into_iter()
         .flat_map(|r| testkit::split(&r.resource_spans).traces)
-        .map(|t| mlflow::build(t.trace_id, &t.encoded(), None, "0").0)
+        .map(|t| mlflow::build(t.trace_id, &t.encoded(), None, "0").trace)
         .collect()
 }
 
@@ -253,7 +253,7 @@ fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
     for (i, request) in generated_cases().into_iter().enumerate() {
         let split = testkit::split(&request.resource_spans);
         let t = &split.traces[0];
-        let (trace, _) = mlflow::build(t.trace_id, &t.encoded(), None, "0");
+        let trace = mlflow::build(t.trace_id, &t.encoded(), None, "0").trace;
         std::fs::write(
             dir.path().join(format!("{i:02}.pb")),
             request.encode_to_vec(),

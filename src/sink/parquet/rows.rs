@@ -1,6 +1,7 @@
 //! Assembled traces as Arrow record batches: one row per revision in `traces`, one row per span
 //! in `spans`. Columns are appended trace by trace; [`Rows::finish`] hands out both batches.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -14,6 +15,7 @@ use super::schema::{SPANS, TRACES, event_fields, link_fields, map_names};
 use crate::mlflow::conventions::{INPUTS, OUTPUTS, SPAN_TYPE, TOKEN_USAGE};
 use crate::mlflow::json::PyValue;
 use crate::mlflow::span::{Span, StatusCode};
+use crate::mlflow::{attributes, usage};
 use crate::model::{AssembledTrace, SpanId};
 
 type StringMap = MapBuilder<StringBuilder, StringBuilder>;
@@ -46,28 +48,19 @@ fn append_json_map(b: &mut StringMap, entries: &indexmap::IndexMap<String, serde
         .expect("keys and values are appended in pairs");
 }
 
-/// Token counts from an MLflow usage dict (`{"input_tokens": …, "output_tokens": …, …}`).
-struct Tokens([Option<i64>; 3]);
-
-impl Tokens {
-    fn from_usage(usage: Option<PyValue>) -> Self {
-        let get = |key: &str| match &usage {
-            Some(PyValue::Dict(entries)) => entries.iter().find_map(|(k, v)| match v {
-                PyValue::Int(n) if k == key => Some(*n),
-                _ => None,
-            }),
-            _ => None,
-        };
-        Self(["input_tokens", "output_tokens", "total_tokens"].map(get))
-    }
+/// Input, output and total token counts of a stored usage dict.
+fn tokens(stored: Option<&str>) -> [Option<i64>; 3] {
+    stored
+        .and_then(usage::read)
+        .map_or([None; 3], |u| [u.input, u.output, u.total])
 }
 
 #[derive(Default)]
 struct TokenColumns([Int64Builder; 3]);
 
 impl TokenColumns {
-    fn append(&mut self, tokens: &Tokens) {
-        for (b, v) in self.0.iter_mut().zip(tokens.0) {
+    fn append(&mut self, tokens: [Option<i64>; 3]) {
+        for (b, v) in self.0.iter_mut().zip(tokens) {
             b.append_option(v);
         }
     }
@@ -78,9 +71,13 @@ impl TokenColumns {
 }
 
 /// A decoded attribute as plain text: JSON strings unwrapped, anything else dropped.
-fn attribute_str(span: &Span, key: &str) -> Option<String> {
-    match span.attribute(key)? {
-        PyValue::Str(s) => Some(s),
+fn attribute_str<'a>(span: &'a Span, key: &str) -> Option<Cow<'a, str>> {
+    let stored = span.attributes.get(key)?;
+    if let Some(text) = attributes::plain_str(stored) {
+        return Some(Cow::Borrowed(text));
+    }
+    match attributes::read(stored) {
+        PyValue::Str(s) => Some(Cow::Owned(s)),
         _ => None,
     }
 }
@@ -234,7 +231,7 @@ impl Rows {
 
     /// Appends one trace revision and its spans.
     pub fn push(&mut self, assembled: &AssembledTrace) {
-        let services = assembled.services();
+        let services = &assembled.services;
         let trace = &assembled.trace;
         let info = &trace.info;
         let revision = i32::try_from(assembled.release.revision).unwrap_or(i32::MAX);
@@ -290,8 +287,7 @@ impl Rows {
         let metadata = |key: &str| info.trace_metadata.get(key).map(String::as_str);
         t.session_id.append_option(metadata("mlflow.trace.session"));
         t.user_id.append_option(metadata("mlflow.trace.user"));
-        let usage = metadata("mlflow.trace.tokenUsage").map(crate::mlflow::attributes::read);
-        t.tokens.append(&Tokens::from_usage(usage));
+        t.tokens.append(tokens(metadata("mlflow.trace.tokenUsage")));
         t.revision.append_value(revision);
         let release = &assembled.release;
         t.partial.append_value(release.partial());
@@ -369,8 +365,8 @@ impl SpanColumns {
             .append_option(attribute_str(span, "mlflow.llm.model"));
         self.provider
             .append_option(attribute_str(span, "mlflow.llm.provider"));
-        self.tokens
-            .append(&Tokens::from_usage(span.attribute(TOKEN_USAGE)));
+        let usage = span.attributes.get(TOKEN_USAGE).map(|u| u.as_str());
+        self.tokens.append(tokens(usage));
         self.revision.append_value(revision);
     }
 

@@ -1,0 +1,108 @@
+//! Reading a stored token usage dict (`mlflow.chat.tokenUsage` on spans, `mlflow.trace.tokenUsage`
+//! in trace metadata) field by field, without building the whole value: the trace rollup and the
+//! Parquet token columns read one per span.
+
+use serde::Deserialize;
+
+use super::attributes;
+use super::json::PyValue;
+
+/// The counts of a usage dict; a count that is not an integer is `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// `input_tokens`.
+    pub input: Option<i64>,
+    /// `output_tokens`.
+    pub output: Option<i64>,
+    /// `total_tokens`.
+    pub total: Option<i64>,
+    /// `cache_read_input_tokens`.
+    pub cache_read: Option<i64>,
+    /// `cache_creation_input_tokens`.
+    pub cache_creation: Option<i64>,
+}
+
+/// The fields read; others are skipped unparsed.
+#[derive(Deserialize)]
+struct Stored {
+    input_tokens: Option<serde_json::Value>,
+    output_tokens: Option<serde_json::Value>,
+    total_tokens: Option<serde_json::Value>,
+    cache_read_input_tokens: Option<serde_json::Value>,
+    cache_creation_input_tokens: Option<serde_json::Value>,
+}
+
+/// The counts of a stored usage value, as `json.loads` reads it; `None` unless it is a dict.
+pub fn read(stored: &str) -> Option<TokenCounts> {
+    // A struct deserializes from a JSON array too: only objects may take the direct path.
+    if !stored.trim_start().starts_with('{') {
+        return None;
+    }
+    match serde_json::from_str::<Stored>(stored) {
+        Ok(s) => {
+            let count = |v: Option<serde_json::Value>| v?.as_i64();
+            Some(TokenCounts {
+                input: count(s.input_tokens),
+                output: count(s.output_tokens),
+                total: count(s.total_tokens),
+                cache_read: count(s.cache_read_input_tokens),
+                cache_creation: count(s.cache_creation_input_tokens),
+            })
+        }
+        // Not JSON, or a key repeated (the last wins): the general reader decides.
+        Err(_) => match attributes::read(stored) {
+            PyValue::Dict(entries) => Some(from_entries(&entries)),
+            _ => None,
+        },
+    }
+}
+
+fn from_entries(entries: &[(String, PyValue)]) -> TokenCounts {
+    let mut counts = TokenCounts::default();
+    for (key, value) in entries {
+        let slot = match key.as_str() {
+            "input_tokens" => &mut counts.input,
+            "output_tokens" => &mut counts.output,
+            "total_tokens" => &mut counts.total,
+            "cache_read_input_tokens" => &mut counts.cache_read,
+            "cache_creation_input_tokens" => &mut counts.cache_creation,
+            _ => continue,
+        };
+        *slot = match value {
+            PyValue::Int(n) => Some(*n),
+            _ => None,
+        };
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_like_the_decoded_dict() {
+        let all = r#"{"input_tokens": 12, "output_tokens": 5, "total_tokens": 17,
+            "cache_read_input_tokens": 3, "cache_creation_input_tokens": 1, "other": [1, {"a": 2}]}"#;
+        assert_eq!(
+            read(all),
+            Some(TokenCounts {
+                input: Some(12),
+                output: Some(5),
+                total: Some(17),
+                cache_read: Some(3),
+                cache_creation: Some(1),
+            })
+        );
+        // Not integers: not counts, but still a usage dict.
+        let odd = r#"{"input_tokens": 1.5, "output_tokens": "5", "total_tokens": null}"#;
+        assert_eq!(read(odd), Some(TokenCounts::default()));
+        assert_eq!(read("{}"), Some(TokenCounts::default()));
+        // A repeated key: the last one wins, as in Python.
+        let repeated = r#"{"input_tokens": 1, "input_tokens": 2}"#;
+        assert_eq!(read(repeated).unwrap().input, Some(2));
+        for not_a_dict in ["[1, 2, 3, 4, 5]", "7", r#""{}""#, "{not json", ""] {
+            assert_eq!(read(not_a_dict), None, "{not_a_dict}");
+        }
+    }
+}
