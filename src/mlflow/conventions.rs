@@ -367,13 +367,35 @@ fn usage(attrs: &Attributes, t: &Translator) -> Option<PyValue> {
 fn model_from_io(attrs: &Attributes) -> Option<String> {
     [INPUTS, OUTPUTS]
         .iter()
-        .find_map(|k| match attributes::read(attrs.get(*k)?) {
+        .find_map(|k| model_of(attrs.get(*k)?))
+}
+
+/// The non-empty string `model` of a stored dict. Only that field is decoded; the rest of the
+/// value (often kilobytes of prompt) is skipped.
+fn model_of(stored: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct WithModel {
+        model: Option<serde_json::Value>,
+    }
+    // A struct deserializes from a JSON array too: only objects may take the direct path.
+    if !stored.trim_start().starts_with('{') {
+        return None;
+    }
+    let model = match serde_json::from_str::<WithModel>(stored) {
+        Ok(WithModel {
+            model: Some(serde_json::Value::String(m)),
+        }) => Some(m),
+        Ok(_) => None,
+        // Not JSON, or a key repeated (the last wins): the general reader decides.
+        Err(_) => match attributes::read(stored) {
             PyValue::Dict(entries) => entries.into_iter().find_map(|(key, v)| match v {
-                PyValue::Str(m) if key == "model" && !m.is_empty() => Some(m),
+                PyValue::Str(m) if key == "model" => Some(m),
                 _ => None,
             }),
             _ => None,
-        })
+        },
+    };
+    model.filter(|m| !m.is_empty())
 }
 
 /// Inputs or outputs carried by events, tried after every attribute convention, in MLflow's
@@ -488,6 +510,15 @@ fn candidates(attrs: &Attributes) -> Vec<&'static Translator> {
         .collect()
 }
 
+/// `json.dumps(json.loads(stored))`, as MLflow re-encodes model and provider; a plain string
+/// (no escapes) is its own re-encoding.
+fn redump(stored: &str) -> String {
+    match attributes::plain_str(stored) {
+        Some(_) => stored.to_string(),
+        None => attributes::read(stored).dumps(),
+    }
+}
+
 /// Fills the reserved MLflow attributes that are absent from `attrs` from the first convention
 /// that provides them (attributes first, then `events`).
 pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
@@ -538,7 +569,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
         let model = translators
             .iter()
             .find_map(|t| first_present(attrs, t.model))
-            .map(|v| attributes::read(v).dumps())
+            .map(|v| redump(v))
             .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
         if let Some(m) = model {
             attrs.insert(MODEL.into(), m.into());
@@ -549,7 +580,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .iter()
             .find_map(|t| first_present(attrs, t.provider))
     {
-        let provider = attributes::read(v).dumps();
+        let provider = redump(v);
         attrs.insert(PROVIDER.into(), provider.into());
     }
 }
@@ -636,6 +667,23 @@ mod tests {
         translate(&mut a, &[]);
         assert_eq!(a[MODEL], r#""gpt-x""#);
         assert_eq!(a[PROVIDER], r#""anthropic""#);
+        for (inputs, model) in [
+            (r#"{"model": "a", "model": "b"}"#, Some(r#""b""#)),
+            (r#"{"model": 7, "model": "b"}"#, Some(r#""b""#)),
+            (r#"{"model": "a", "model": 7}"#, None),
+            (r#"{"model": ""}"#, None),
+            (r#"{"model": ["a"]}"#, None),
+            (r#"[{"model": "a"}]"#, None),
+            (r#"["a"]"#, None),
+            (r#"{"model": "é\n"}"#, Some(r#""é\n""#)),
+        ] {
+            let mut a = attrs(&[(INPUTS, inputs)]);
+            translate(&mut a, &[]);
+            assert_eq!(a.get(MODEL).map(|m| m.as_str()), model, "{inputs}");
+        }
+        let mut a = attrs(&[("llm.provider", r#""multi\u0020word""#)]);
+        translate(&mut a, &[]);
+        assert_eq!(a[PROVIDER], r#""multi word""#, "re-encoded, not copied");
         let mut a = attrs(&[("lmnr.span.type", r#""LLM""#)]);
         translate(&mut a, &[]);
         assert_eq!(a[MESSAGE_FORMAT], r#""openai""#);
