@@ -9,7 +9,9 @@
 
 use base64::Engine as _;
 
-use super::json::{PyValue, dumps_str};
+use compact_str::CompactString;
+
+use super::json::{PyValue, write_str};
 use crate::otlp::text;
 use crate::otlp::view::ValueRef;
 
@@ -30,21 +32,24 @@ pub fn decode(value: ValueRef<'_>) -> PyValue {
     }
 }
 
-/// The stored (JSON-encoded) form of an attribute value.
-pub fn encode(value: ValueRef<'_>) -> String {
+/// The stored (JSON-encoded) form of an attribute value. Compact: most stored values are short
+/// enough to need no heap block.
+pub fn encode(value: ValueRef<'_>) -> CompactString {
     match value {
         ValueRef::Str(s) => encode_str(&text(s)),
-        value => decode(value).dumps(),
+        value => decode(value).dumps().into(),
     }
 }
 
 /// The stored form of a string attribute: the text itself when it is JSON for a string, object
 /// or array, else its JSON encoding.
-pub fn encode_str(s: &str) -> String {
+pub fn encode_str(s: &str) -> CompactString {
     if is_json_container_or_string(s) {
-        s.to_string()
+        CompactString::from(s)
     } else {
-        dumps_str(s)
+        let mut out = CompactString::with_capacity(s.len() + 2);
+        write_str(s, &mut out);
+        out
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Matching the bytes matters: MLflow stores these strings verbatim, and readers compare them.
 
-use std::fmt::Write as _;
+use std::fmt::Write;
 
 /// A JSON value as MLflow builds it from OTLP attributes and its own aggregates.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,9 +142,13 @@ impl PyValue {
 
 /// Writes `s` as a JSON string literal with Python's escapes (`\"`, `\\`, `\n`, `\r`, `\t`, `\b`,
 /// `\f`, other control characters as `\u00xx`) and everything else verbatim.
-pub fn write_str(s: &str, out: &mut String) {
-    out.reserve(s.len() + 2);
-    out.push('"');
+pub fn write_str<W: Write>(s: &str, out: &mut W) {
+    // Writing to a `String` or a `CompactString` cannot fail.
+    let _ = try_write_str(s, out);
+}
+
+fn try_write_str<W: Write>(s: &str, out: &mut W) -> std::fmt::Result {
+    out.write_char('"')?;
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {
@@ -159,16 +163,16 @@ pub fn write_str(s: &str, out: &mut String) {
             _ => continue,
         };
         // Escaped bytes are ASCII, so `i` is a character boundary.
-        out.push_str(&s[start..i]);
+        out.write_str(&s[start..i])?;
         if escape.is_empty() {
-            let _ = write!(out, "\\u{b:04x}");
+            write!(out, "\\u{b:04x}")?;
         } else {
-            out.push_str(escape);
+            out.write_str(escape)?;
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    out.write_str(&s[start..])?;
+    out.write_char('"')
 }
 
 /// `json.dumps(s)` for a string.

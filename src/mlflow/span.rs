@@ -136,10 +136,7 @@ impl Span {
         // Room for a GenAI span's attributes and those MLflow adds, so the map rarely grows.
         let mut attrs = Attributes::with_capacity_and_hasher(24, Default::default());
         for (key, value) in span.attributes() {
-            attrs.insert(
-                CompactString::from(text(key)),
-                CompactString::from(attributes::encode(value)),
-            );
+            attrs.insert(CompactString::from(text(key)), attributes::encode(value));
         }
         attrs.insert(REQUEST_ID.into(), request_id.into());
         let events: Vec<SpanEvent> = span

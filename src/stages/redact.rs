@@ -330,7 +330,7 @@ impl Redactor {
                 &mut span.attributes,
                 |key| self.rule(key),
                 |s| stored_text(s),
-                |v, t| *v = attributes::encode_str(&t).into(),
+                |v, t| *v = attributes::encode_str(&t),
             );
             for event in &mut span.events {
                 let name = &event.name;
@@ -427,7 +427,7 @@ mod tests {
             .attributes
             .iter()
             .find(|kv| &kv.key[..] == key.as_bytes())
-            .map(|kv| attributes::encode(ValueRef::of(kv.value.as_ref())))
+            .map(|kv| attributes::encode(ValueRef::of(kv.value.as_ref())).into())
     }
 
     fn chat_root() -> AssembledTrace {
