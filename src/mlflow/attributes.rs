@@ -9,7 +9,7 @@
 
 use base64::Engine as _;
 
-use compact_str::CompactString;
+use compact_str::{CompactString, ToCompactString};
 
 use super::json::{PyValue, write_str};
 use crate::otlp::text;
@@ -37,6 +37,9 @@ pub fn decode(value: ValueRef<'_>) -> PyValue {
 pub fn encode(value: ValueRef<'_>) -> CompactString {
     match value {
         ValueRef::Str(s) => encode_str(&text(s)),
+        ValueRef::Int(i) => i.to_compact_string(),
+        ValueRef::Bool(b) => CompactString::const_new(if b { "true" } else { "false" }),
+        ValueRef::Empty => CompactString::const_new("null"),
         value => decode(value).dumps().into(),
     }
 }

@@ -20,8 +20,11 @@ pub fn truncate(s: &str, max: usize) -> String {
 /// The preview of a root span's stored inputs or outputs; `role` is `user` for the request and
 /// `assistant` for the response.
 pub fn preview(stored: &str, role: &str) -> String {
-    let content = serde_json::from_str::<serde_json::Value>(stored)
-        .ok()
+    // Messages are found only in a dict: anything else is previewed as it is, unparsed.
+    let dict = stored.trim_start().starts_with('{');
+    let content = dict
+        .then(|| serde_json::from_str::<serde_json::Value>(stored).ok())
+        .flatten()
         .and_then(|obj| extract_messages(&PyValue::from_json(&obj)))
         .and_then(|messages| last_message(&messages, role).and_then(text_content))
         .filter(|c| !c.is_empty());
