@@ -93,11 +93,12 @@ pub fn plain_str(stored: &str) -> Option<&str> {
     (!inner.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).then_some(inner)
 }
 
-/// A stored JSON integer (`-?(0|[1-9][0-9]*)`) that fits an `i64`.
+/// A stored JSON integer (`0|-?[1-9][0-9]*`) that fits an `i64`. `-0` is left to the parser,
+/// which reads it as a float.
 fn plain_int(stored: &str) -> Option<i64> {
     let digits = stored.strip_prefix('-').unwrap_or(stored);
     let json = match digits.as_bytes() {
-        [b'0'] => true,
+        [b'0'] => digits.len() == stored.len(),
         [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
         _ => false,
     };
@@ -164,6 +165,19 @@ mod tests {
         assert_eq!(read(r#""x""#), PyValue::Str("x".into()));
         assert_eq!(read("7"), PyValue::Int(7));
         assert_eq!(read("not json"), PyValue::Str("not json".into()));
+        // Edges of the fast paths, read as the parser reads them.
+        for stored in [
+            "-0",
+            "0",
+            "-7",
+            "007",
+            "+7",
+            "9223372036854775808",
+            "\"a\\\"b\"",
+            "\"\u{1}\"",
+        ] {
+            assert_eq!(read(stored), parse(stored), "{stored}");
+        }
     }
 }
 
