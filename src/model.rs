@@ -177,8 +177,8 @@ impl EncodedGroup {
 }
 
 /// A valid span as it arrived: the ids that assembly reads, and the `Span` message still
-/// encoded. Receiving reads no more than ids and times; a span is decoded once, when its trace
-/// is released.
+/// encoded. Receiving reads no more than ids and times; MLflow normalization reads the encoding
+/// in place, and a span is decoded only for a stage or sink that asks for OTLP spans.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ArrivedSpan {
     /// `span_id`.

@@ -7,7 +7,10 @@
 //! `intValue 7` is stored as `"7"`, and `stringValue "{\"a\": 1}"` is stored unchanged. Readers
 //! reverse it with `json.loads`, falling back to the raw text.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
+use serde::de::DeserializeOwned;
 
 use compact_str::{CompactString, ToCompactString};
 
@@ -83,6 +86,33 @@ fn parse(stored: &str) -> PyValue {
     serde_json::from_str::<serde_json::Value>(stored)
         .map(|v| PyValue::from_json(&v))
         .unwrap_or_else(|_| PyValue::Str(stored.to_string()))
+}
+
+/// A stored value's text when [`read`] gives a string: borrowed when it is plain (no escapes).
+pub fn read_str(stored: &str) -> Option<Cow<'_, str>> {
+    if let Some(text) = plain_str(stored) {
+        return Some(Cow::Borrowed(text));
+    }
+    match read(stored) {
+        PyValue::Str(s) => Some(Cow::Owned(s)),
+        _ => None,
+    }
+}
+
+/// The fields of `T` from a stored dict, as `json.loads` reads it, the rest of the value skipped
+/// unparsed; `None` unless the value is a dict.
+pub fn dict_fields<T: DeserializeOwned>(stored: &str) -> Option<T> {
+    // A struct deserializes from a JSON array too: only objects may take the direct path.
+    if !stored.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(stored).ok().or_else(|| {
+        // A key repeated: serde refuses it, while Python (and a parsed `Value`) keeps the last.
+        match serde_json::from_str::<serde_json::Value>(stored).ok()? {
+            dict @ serde_json::Value::Object(_) => serde_json::from_value(dict).ok(),
+            _ => None,
+        }
+    })
 }
 
 /// The text of a stored value that is a JSON string without escapes, borrowed: what [`read`]

@@ -377,25 +377,10 @@ fn model_of(stored: &str) -> Option<String> {
     struct WithModel {
         model: Option<serde_json::Value>,
     }
-    // A struct deserializes from a JSON array too: only objects may take the direct path.
-    if !stored.trim_start().starts_with('{') {
-        return None;
+    match attributes::dict_fields::<WithModel>(stored)?.model {
+        Some(serde_json::Value::String(m)) if !m.is_empty() => Some(m),
+        _ => None,
     }
-    let model = match serde_json::from_str::<WithModel>(stored) {
-        Ok(WithModel {
-            model: Some(serde_json::Value::String(m)),
-        }) => Some(m),
-        Ok(_) => None,
-        // Not JSON, or a key repeated (the last wins): the general reader decides.
-        Err(_) => match attributes::read(stored) {
-            PyValue::Dict(entries) => entries.into_iter().find_map(|(key, v)| match v {
-                PyValue::Str(m) if key == "model" => Some(m),
-                _ => None,
-            }),
-            _ => None,
-        },
-    };
-    model.filter(|m| !m.is_empty())
 }
 
 /// Inputs or outputs carried by events, tried after every attribute convention, in MLflow's

@@ -5,7 +5,6 @@
 use serde::Deserialize;
 
 use super::attributes;
-use super::json::PyValue;
 
 /// The counts of a usage dict; a count that is not an integer is `None`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,46 +33,15 @@ struct Stored {
 
 /// The counts of a stored usage value, as `json.loads` reads it; `None` unless it is a dict.
 pub fn read(stored: &str) -> Option<TokenCounts> {
-    // A struct deserializes from a JSON array too: only objects may take the direct path.
-    if !stored.trim_start().starts_with('{') {
-        return None;
-    }
-    match serde_json::from_str::<Stored>(stored) {
-        Ok(s) => {
-            let count = |v: Option<serde_json::Value>| v?.as_i64();
-            Some(TokenCounts {
-                input: count(s.input_tokens),
-                output: count(s.output_tokens),
-                total: count(s.total_tokens),
-                cache_read: count(s.cache_read_input_tokens),
-                cache_creation: count(s.cache_creation_input_tokens),
-            })
-        }
-        // Not JSON, or a key repeated (the last wins): the general reader decides.
-        Err(_) => match attributes::read(stored) {
-            PyValue::Dict(entries) => Some(from_entries(&entries)),
-            _ => None,
-        },
-    }
-}
-
-fn from_entries(entries: &[(String, PyValue)]) -> TokenCounts {
-    let mut counts = TokenCounts::default();
-    for (key, value) in entries {
-        let slot = match key.as_str() {
-            "input_tokens" => &mut counts.input,
-            "output_tokens" => &mut counts.output,
-            "total_tokens" => &mut counts.total,
-            "cache_read_input_tokens" => &mut counts.cache_read,
-            "cache_creation_input_tokens" => &mut counts.cache_creation,
-            _ => continue,
-        };
-        *slot = match value {
-            PyValue::Int(n) => Some(*n),
-            _ => None,
-        };
-    }
-    counts
+    let s: Stored = attributes::dict_fields(stored)?;
+    let count = |v: Option<serde_json::Value>| v?.as_i64();
+    Some(TokenCounts {
+        input: count(s.input_tokens),
+        output: count(s.output_tokens),
+        total: count(s.total_tokens),
+        cache_read: count(s.cache_read_input_tokens),
+        cache_creation: count(s.cache_creation_input_tokens),
+    })
 }
 
 #[cfg(test)]

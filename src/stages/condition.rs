@@ -21,7 +21,6 @@ use crate::config::units::HumanDuration;
 use crate::mlflow::Trace;
 use crate::mlflow::attributes;
 use crate::mlflow::conventions::SPAN_TYPE;
-use crate::mlflow::json::PyValue;
 use crate::mlflow::span::{Span, StatusCode};
 use crate::model::Services;
 
@@ -158,13 +157,9 @@ impl Conditions {
 /// Matches a stored (JSON-encoded) attribute value: strings as their text, anything else as
 /// its JSON.
 pub(crate) fn value_matches(pattern: &Pattern, stored: &str) -> bool {
-    // Most stored values are plain JSON strings: no need to parse them.
-    if let Some(inner) = attributes::plain_str(stored) {
-        return pattern.matches(inner);
-    }
-    match attributes::read(stored) {
-        PyValue::Str(text) => pattern.matches(&text),
-        _ => pattern.matches(stored),
+    match attributes::read_str(stored) {
+        Some(text) => pattern.matches(&text),
+        None => pattern.matches(stored),
     }
 }
 

@@ -25,6 +25,7 @@
 //! still be joined and counted. Without a salt it is a plain SHA-256, which a dictionary of
 //! likely values (emails) can reverse. The previews are recomputed from the redacted root.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use hmac::{Hmac, Mac};
@@ -35,7 +36,6 @@ use sha2::{Digest, Sha256};
 use crate::config::pattern::Pattern;
 use crate::mlflow::attributes;
 use crate::mlflow::conventions::{INPUTS, OUTPUTS, TRANSLATORS};
-use crate::mlflow::json::PyValue;
 use crate::mlflow::preview::truncate;
 use crate::model::AssembledTrace;
 use crate::otlp::view::ValueRef;
@@ -390,10 +390,7 @@ impl Redactor {
 
 /// A stored attribute's text: a string as itself, anything else as its JSON.
 fn stored_text(stored: &str) -> String {
-    match attributes::read(stored) {
-        PyValue::Str(s) => s,
-        _ => stored.to_string(),
-    }
+    attributes::read_str(stored).map_or_else(|| stored.to_string(), Cow::into_owned)
 }
 
 /// A raw value's text: a string as itself, anything else as its JSON.
@@ -498,7 +495,10 @@ mod tests {
             "long inputs in both views and the trace metadata; short output and number untouched"
         );
         let cut = attributes::read(attr(&t, 0, INPUTS).unwrap());
-        assert_eq!(cut, PyValue::Str(r#"{"messages":[{"ro..."#.into()));
+        assert_eq!(
+            cut,
+            crate::mlflow::json::PyValue::Str(r#"{"messages":[{"ro..."#.into())
+        );
         assert_eq!(attr(&t, 0, "retries"), Some("2"));
         // The preview is recomputed from the stored (now plain string) inputs.
         assert_eq!(

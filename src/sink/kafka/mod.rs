@@ -279,15 +279,10 @@ impl KafkaSink {
             self.commit(&commits);
             self.metrics.in_flight.set(self.in_flight.messages() as i64);
         }
-        if self.committing.is_some() {
-            let done = committed(&mut self.committing).await;
-            self.on_committed(done);
-        }
+        // The write in progress, then one for what was acknowledged during it.
+        self.finish_commit().await;
         self.commit(&commits);
-        if self.committing.is_some() {
-            let done = committed(&mut self.committing).await;
-            self.on_committed(done);
-        }
+        self.finish_commit().await;
         Ok(())
     }
 
@@ -329,6 +324,14 @@ impl KafkaSink {
             let result = commits.commit(durable.clone()).await;
             (durable, result)
         }));
+    }
+
+    /// Waits for the manifest write in progress, if any.
+    async fn finish_commit(&mut self) {
+        if self.committing.is_some() {
+            let done = committed(&mut self.committing).await;
+            self.on_committed(done);
+        }
     }
 
     /// A manifest write ended; on failure its revisions are kept for the next one (a crash

@@ -13,7 +13,6 @@ use arrow_schema::{DataType, Field};
 
 use super::schema::{SPANS, TRACES, event_fields, link_fields, map_names};
 use crate::mlflow::conventions::{INPUTS, OUTPUTS, SPAN_TYPE, TOKEN_USAGE};
-use crate::mlflow::json::PyValue;
 use crate::mlflow::span::{Span, StatusCode};
 use crate::mlflow::{attributes, usage};
 use crate::model::{AssembledTrace, SpanId};
@@ -72,14 +71,7 @@ impl TokenColumns {
 
 /// A decoded attribute as plain text: JSON strings unwrapped, anything else dropped.
 fn attribute_str<'a>(span: &'a Span, key: &str) -> Option<Cow<'a, str>> {
-    let stored = span.attributes.get(key)?;
-    if let Some(text) = attributes::plain_str(stored) {
-        return Some(Cow::Borrowed(text));
-    }
-    match attributes::read(stored) {
-        PyValue::Str(s) => Some(Cow::Owned(s)),
-        _ => None,
-    }
+    attributes::read_str(span.attributes.get(key)?)
 }
 
 fn status_code(code: StatusCode) -> &'static str {
