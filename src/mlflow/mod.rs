@@ -8,6 +8,8 @@
 //!   a pure function of the spans so it can be recomputed when a late span arrives.
 //! - [`attributes`] and [`json`]: MLflow's JSON-in-string attribute encoding, byte for byte.
 //!
+//! - [`trace_json`]: the trace's JSON written straight into bytes, for the sinks.
+//!
 //! The output serializes (serde) to exactly the JSON of MLflow's `Trace.to_dict()`.
 
 pub mod attributes;
@@ -16,6 +18,7 @@ pub mod json;
 pub mod preview;
 pub mod span;
 pub mod trace;
+pub mod trace_json;
 pub mod usage;
 
 pub use trace::{Built, LimitReport, Trace, build};

@@ -100,7 +100,7 @@ struct OtlpLine<'a> {
 /// Renders one revision as its line (without the newline).
 pub fn render(trace: &AssembledTrace, format: DebugFormat) -> String {
     let json = match format {
-        DebugFormat::Mlflow => serde_json::to_string(&trace.trace),
+        DebugFormat::Mlflow => Ok(crate::mlflow::trace_json::to_string(&trace.trace)),
         DebugFormat::Otlp => {
             let r = &trace.release;
             let spans = resource_spans(trace.groups());

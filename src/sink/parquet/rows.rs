@@ -287,7 +287,7 @@ impl Rows {
             .append_option(release.partial().then(|| release.reason.as_str()));
         t.trace_json.append_option(
             self.trace_json
-                .then(|| serde_json::to_string(trace).expect("traces serialize")),
+                .then(|| crate::mlflow::trace_json::to_string(trace)),
         );
     }
 
