@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use compact_str::{CompactString, ToCompactString};
 
-use super::json::{PyValue, write_str};
+use super::json::{PyValue, needs_escape, write_str};
 use crate::otlp::text;
 use crate::otlp::view::ValueRef;
 
@@ -120,7 +120,7 @@ pub fn dict_fields<T: DeserializeOwned>(stored: &str) -> Option<T> {
 pub fn plain_str(stored: &str) -> Option<&str> {
     let inner = stored.strip_prefix('"')?.strip_suffix('"')?;
     // Control characters make the JSON invalid, and then `read` returns the raw text.
-    (!inner.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).then_some(inner)
+    (!inner.bytes().any(needs_escape)).then_some(inner)
 }
 
 /// A stored JSON integer (`0|-?[1-9][0-9]*`) that fits an `i64`. `-0` is left to the parser,

@@ -83,6 +83,17 @@ pub enum StatusCode {
     Error,
 }
 
+impl StatusCode {
+    /// The name MLflow writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unset => "STATUS_CODE_UNSET",
+            Self::Ok => "STATUS_CODE_OK",
+            Self::Error => "STATUS_CODE_ERROR",
+        }
+    }
+}
+
 /// A link to another span, with MLflow ids (`tr-<hex>`, 16 hex).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SpanLink {

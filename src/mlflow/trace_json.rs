@@ -1,42 +1,37 @@
-//! A trace's `Trace.to_dict()` JSON, written straight into bytes: the Kafka `mlflow-json` value,
-//! the Parquet `trace_json` column and the debug sink's lines.
+//! A trace's `Trace.to_dict()` JSON, written straight into a string: the Kafka `mlflow-json`
+//! value, the Parquet `trace_json` column and the debug sink's lines.
 //!
 //! The `Serialize` derives on [`Trace`] define the format; this writer produces the same bytes
-//! (the tests hold it to `serde_json::to_vec`) without serde_json's byte-at-a-time string escaping,
+//! (the tests hold it to `serde_json::to_string`) without serde_json's byte-at-a-time string escaping,
 //! which took a tenth of the Kafka pipeline's CPU: a GenAI span's chat messages are JSON inside
 //! JSON, kilobytes escaped per span.
 
 use base64::Engine as _;
 use indexmap::IndexMap;
 
-use super::json::write_str_bytes;
-use super::span::{Span, SpanEvent, SpanLink, StatusCode};
+use super::json::write_str;
+use super::span::{Span, SpanEvent, SpanLink};
 use super::trace::{Trace, TraceInfo};
 
-/// The JSON of `trace`, as `serde_json::to_vec(trace)` writes it.
-pub fn to_vec(trace: &Trace) -> Vec<u8> {
-    let mut out = Vec::with_capacity(estimate(trace));
+/// The JSON of `trace`, as `serde_json::to_string(trace)` writes it.
+pub fn to_string(trace: &Trace) -> String {
+    let mut out = String::with_capacity(estimate(trace));
     write(trace, &mut out);
     out
 }
 
-/// The JSON of `trace` as a string.
-pub fn to_string(trace: &Trace) -> String {
-    String::from_utf8(to_vec(trace)).expect("the writer writes UTF-8")
-}
-
 /// Appends the JSON of `trace` to `out`.
-pub fn write(trace: &Trace, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"info\":");
+pub fn write(trace: &Trace, out: &mut String) {
+    out.push_str("{\"info\":");
     info(&trace.info, out);
-    out.extend_from_slice(b",\"data\":{\"spans\":[");
+    out.push_str(",\"data\":{\"spans\":[");
     for (i, span) in trace.data.spans.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         write_span(span, out);
     }
-    out.extend_from_slice(b"]}}");
+    out.push_str("]}}");
 }
 
 /// Room for the whole trace, so the buffer rarely grows: attributes dominate, and escaping
@@ -55,42 +50,42 @@ fn estimate(trace: &Trace) -> usize {
 }
 
 /// `{` and an object's first field name.
-fn open(name: &str, out: &mut Vec<u8>) {
-    out.push(b'{');
+fn open(name: &str, out: &mut String) {
+    out.push('{');
     key(name, true, out);
 }
 
 /// A field name and its colon, after a comma unless it is the first.
-fn key(name: &str, first: bool, out: &mut Vec<u8>) {
+fn key(name: &str, first: bool, out: &mut String) {
     if !first {
-        out.push(b',');
+        out.push(',');
     }
-    write_str_bytes(name, out);
-    out.push(b':');
+    write_str(name, out);
+    out.push(':');
 }
 
-fn number(n: impl itoa::Integer, out: &mut Vec<u8>) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+fn number(n: impl itoa::Integer, out: &mut String) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
-fn info(info: &TraceInfo, out: &mut Vec<u8>) {
+fn info(info: &TraceInfo, out: &mut String) {
     open("trace_id", out);
-    write_str_bytes(&info.trace_id, out);
+    write_str(&info.trace_id, out);
     if let Some(id) = &info.client_request_id {
         key("client_request_id", false, out);
-        write_str_bytes(id, out);
+        write_str(id, out);
     }
     key("trace_location", false, out);
     open("type", out);
-    write_str_bytes(info.trace_location.kind, out);
+    write_str(info.trace_location.kind, out);
     key("mlflow_experiment", false, out);
     open("experiment_id", out);
-    write_str_bytes(&info.trace_location.mlflow_experiment.experiment_id, out);
-    out.extend_from_slice(b"}}");
+    write_str(&info.trace_location.mlflow_experiment.experiment_id, out);
+    out.push_str("}}");
     key("request_time", false, out);
-    write_str_bytes(&info.request_time, out);
+    write_str(&info.request_time, out);
     key("state", false, out);
-    write_str_bytes(info.state.as_str(), out);
+    write_str(info.state.as_str(), out);
     for (name, map) in [
         ("trace_metadata", &info.trace_metadata),
         ("tags", &info.tags),
@@ -106,25 +101,25 @@ fn info(info: &TraceInfo, out: &mut Vec<u8>) {
     ] {
         if let Some(text) = preview {
             key(name, false, out);
-            write_str_bytes(text, out);
+            write_str(text, out);
         }
     }
     key("execution_duration_ms", false, out);
     number(info.execution_duration_ms, out);
-    out.push(b'}');
+    out.push('}');
 }
 
 /// `{"k":"v",...}`.
-fn string_map<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>, out: &mut Vec<u8>) {
-    out.push(b'{');
+fn string_map<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>, out: &mut String) {
+    out.push('{');
     for (i, (k, v)) in entries.enumerate() {
         key(k, i == 0, out);
-        write_str_bytes(v, out);
+        write_str(v, out);
     }
-    out.push(b'}');
+    out.push('}');
 }
 
-fn write_span(span: &Span, out: &mut Vec<u8>) {
+fn write_span(span: &Span, out: &mut String) {
     open("trace_id", out);
     base64(&span.trace_id.0, out);
     key("span_id", false, out);
@@ -132,10 +127,10 @@ fn write_span(span: &Span, out: &mut Vec<u8>) {
     key("parent_span_id", false, out);
     match &span.parent_span_id {
         Some(parent) => base64(&parent.0, out),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
     key("name", false, out);
-    write_str_bytes(&span.name, out);
+    write_str(&span.name, out);
     key("start_time_unix_nano", false, out);
     number(span.start_time_unix_nano, out);
     key("end_time_unix_nano", false, out);
@@ -144,10 +139,10 @@ fn write_span(span: &Span, out: &mut Vec<u8>) {
     list(&span.events, event, out);
     key("status", false, out);
     open("code", out);
-    write_str_bytes(status_code(span.status.code), out);
+    write_str(span.status.code.as_str(), out);
     key("message", false, out);
-    write_str_bytes(&span.status.message, out);
-    out.push(b'}');
+    write_str(&span.status.message, out);
+    out.push('}');
     key("attributes", false, out);
     string_map(
         span.attributes
@@ -157,65 +152,53 @@ fn write_span(span: &Span, out: &mut Vec<u8>) {
     );
     key("links", false, out);
     list(&span.links, link, out);
-    out.push(b'}');
+    out.push('}');
 }
 
-fn status_code(code: StatusCode) -> &'static str {
-    match code {
-        StatusCode::Unset => "STATUS_CODE_UNSET",
-        StatusCode::Ok => "STATUS_CODE_OK",
-        StatusCode::Error => "STATUS_CODE_ERROR",
-    }
-}
-
-fn list<T>(items: &[T], item: fn(&T, &mut Vec<u8>), out: &mut Vec<u8>) {
-    out.push(b'[');
+fn list<T>(items: &[T], item: fn(&T, &mut String), out: &mut String) {
+    out.push('[');
     for (i, x) in items.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         item(x, out);
     }
-    out.push(b']');
+    out.push(']');
 }
 
-fn event(event: &SpanEvent, out: &mut Vec<u8>) {
+fn event(event: &SpanEvent, out: &mut String) {
     open("name", out);
-    write_str_bytes(&event.name, out);
+    write_str(&event.name, out);
     key("time_unix_nano", false, out);
     number(event.time_unix_nano, out);
     key("attributes", false, out);
     raw_values(&event.attributes, out);
-    out.push(b'}');
+    out.push('}');
 }
 
-fn link(link: &SpanLink, out: &mut Vec<u8>) {
+fn link(link: &SpanLink, out: &mut String) {
     open("trace_id", out);
-    write_str_bytes(&link.trace_id, out);
+    write_str(&link.trace_id, out);
     key("span_id", false, out);
-    write_str_bytes(&link.span_id, out);
+    write_str(&link.span_id, out);
     key("attributes", false, out);
     match &link.attributes {
         Some(attributes) => raw_values(attributes, out),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 /// Event and link attributes keep raw values: rare and small, so serde_json writes them.
-fn raw_values(map: &IndexMap<String, serde_json::Value>, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, map).expect("JSON values serialize into memory");
+fn raw_values(map: &IndexMap<String, serde_json::Value>, out: &mut String) {
+    out.push_str(&serde_json::to_string(map).expect("JSON values serialize into memory"));
 }
 
 /// Base64 of an id, quoted.
-fn base64(id: &[u8], out: &mut Vec<u8>) {
-    let mut text = [0u8; 24];
-    let n = base64::engine::general_purpose::STANDARD
-        .encode_slice(id, &mut text)
-        .expect("ids are at most 16 bytes");
-    out.push(b'"');
-    out.extend_from_slice(&text[..n]);
-    out.push(b'"');
+fn base64(id: &[u8], out: &mut String) {
+    out.push('"');
+    base64::engine::general_purpose::STANDARD.encode_string(id, out);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -223,6 +206,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::mlflow::span::StatusCode;
     use crate::model::SpanId;
 
     fn genai_trace() -> Trace {

@@ -128,7 +128,7 @@ impl Message {
 /// The value of `trace` in `encoding`.
 pub fn value(trace: &AssembledTrace, encoding: Encoding) -> Vec<u8> {
     match encoding {
-        Encoding::MlflowJson => Ok(crate::mlflow::trace_json::to_vec(&trace.trace)),
+        Encoding::MlflowJson => Ok(crate::mlflow::trace_json::to_string(&trace.trace).into_bytes()),
         Encoding::OtlpProto => Ok(ExportTraceServiceRequest {
             resource_spans: resource_spans(trace.groups()),
         }

@@ -74,12 +74,9 @@ fn attribute_str<'a>(span: &'a Span, key: &str) -> Option<Cow<'a, str>> {
     attributes::read_str(span.attributes.get(key)?)
 }
 
+/// `OK`, `ERROR` or `UNSET`: MLflow's name without its prefix.
 fn status_code(code: StatusCode) -> &'static str {
-    match code {
-        StatusCode::Unset => "UNSET",
-        StatusCode::Ok => "OK",
-        StatusCode::Error => "ERROR",
-    }
+    code.as_str().trim_start_matches("STATUS_CODE_")
 }
 
 /// A span id as 16 lowercase hex digits, written into `buf`.
