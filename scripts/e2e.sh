@@ -13,6 +13,8 @@ shift
 [ "${1:-}" = "--" ] && shift
 otlpgen=${OTLPGEN:-../shared/tools/otlpgen/target/release/otlpgen}
 sinks=$(python3 -c 'import sys,re; t=open(sys.argv[1]).read(); print(len(re.findall(r"^\s+type: (parquet|kafka|debug|discard)", t, re.M)))' "$pipeline")
+# TRACELOOM_CPUS: the cores traceloom may use (default 1; otlpgen always runs on core 0).
+cpus=${TRACELOOM_CPUS:-1}
 # TRACELOOM_BIN runs a prebuilt binary instead (to compare builds in interleaved runs).
 bin=${TRACELOOM_BIN:-}
 if [ -z "$bin" ]; then
@@ -21,7 +23,7 @@ if [ -z "$bin" ]; then
 fi
 work=$(mktemp -d)
 config=$(realpath "$pipeline")
-(cd "$work" && exec taskset -c 1 "$bin" --log-level warn run --config "$config") &
+(cd "$work" && exec taskset -c "$cpus" "$bin" --log-level warn run --config "$config") &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 until curl -fs http://127.0.0.1:8888/health >/dev/null 2>&1; do sleep 0.1; done

@@ -13,6 +13,7 @@ pub mod units;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use serde::de::MapAccess;
@@ -138,12 +139,26 @@ pub struct MlflowConfig {
     /// The MLflow experiment of traces whose spans came with no `x-mlflow-experiment-id` header
     /// and no `mlflow.experimentId` resource attribute. `"0"` is MLflow's default experiment.
     pub default_experiment: String,
+    /// Tasks that build MLflow traces from released revisions and run the stages, in parallel
+    /// (a trace's revisions always go to the same one, in order). Unset: one per core the
+    /// process may run on.
+    pub workers: Option<NonZeroUsize>,
+}
+
+impl MlflowConfig {
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, NonZeroUsize::get)
+    }
 }
 
 impl Default for MlflowConfig {
     fn default() -> Self {
         Self {
             default_experiment: "0".into(),
+            workers: None,
         }
     }
 }

@@ -101,6 +101,15 @@ impl Tracker {
         }
     }
 
+    /// A stage dropped the registered revision `release`: no sink will report it, and the log
+    /// no longer waits for it.
+    pub fn dropped(&self, release: u64) {
+        let mut inner = self.lock();
+        if let Some((first, _, _)) = inner.pending.remove(&release) {
+            inner.by_first.remove(&(first, release));
+        }
+    }
+
     /// Where replay would have to start now.
     pub fn floor(&self) -> u64 {
         let inner = self.lock();

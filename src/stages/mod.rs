@@ -91,7 +91,7 @@ pub enum Verdict {
 }
 
 /// A built stage.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Stage {
     Filter(filter::FilterConfig),
     Sample(sample::Sampler),
@@ -109,7 +109,7 @@ impl Stage {
         }
     }
 
-    fn apply(&mut self, trace: &mut AssembledTrace, now: Instant, m: &StageMetrics) -> Verdict {
+    fn apply(&self, trace: &mut AssembledTrace, now: Instant, m: &StageMetrics) -> Verdict {
         match self {
             Stage::Filter(f) => {
                 let before = trace.span_count();
@@ -130,8 +130,9 @@ impl Stage {
     }
 }
 
-/// A pipeline's stages, in order, with their metrics.
-#[derive(Debug, Default)]
+/// A pipeline's stages, in order, with their metrics. Each of a pipeline's workers runs its own
+/// copy; copies share the sampler's rate cap, so a cap is one cap however many workers run.
+#[derive(Clone, Debug, Default)]
 pub struct Chain {
     stages: Vec<(Stage, StageMetrics)>,
 }
@@ -154,7 +155,7 @@ impl Chain {
     /// Runs every stage on `trace`; `false` when one dropped it.
     pub fn run(&mut self, trace: &mut AssembledTrace) -> bool {
         let now = Instant::now();
-        for (stage, m) in &mut self.stages {
+        for (stage, m) in &self.stages {
             let started = Instant::now();
             m.traces_in.inc();
             let verdict = stage.apply(trace, now, m);

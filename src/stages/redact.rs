@@ -151,7 +151,7 @@ fn is_message_event(name: &str, inputs: bool) -> bool {
 }
 
 /// A built rule.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Rule {
     patterns: Vec<Pattern>,
     inputs: bool,
@@ -197,8 +197,8 @@ impl Rule {
     }
 }
 
-/// The running stage.
-#[derive(Debug)]
+/// The running stage. A copy has its own cache of decisions.
+#[derive(Clone, Debug)]
 pub struct Redactor {
     rules: Vec<Rule>,
     salt: Option<Vec<u8>>,

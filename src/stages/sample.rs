@@ -14,6 +14,7 @@
 //! later revision holds every span of its trace, so letting it through never leaves a consumer
 //! with less than the newest revision it was sent.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use serde::Deserialize;
@@ -57,12 +58,13 @@ impl SampleConfig {
     }
 }
 
-/// The running sampler: the config and the token bucket of the per-second cap.
-#[derive(Debug)]
+/// The running sampler: the config and the token bucket of the per-second cap, which copies
+/// share, so that the cap holds across a pipeline's workers.
+#[derive(Clone, Debug)]
 pub struct Sampler {
     keep: Conditions,
     threshold: u64,
-    bucket: Option<Bucket>,
+    bucket: Option<Arc<Mutex<Bucket>>>,
 }
 
 impl Sampler {
@@ -71,16 +73,18 @@ impl Sampler {
         Self {
             keep: config.keep,
             threshold: threshold(config.rate),
-            bucket: config.max_traces_per_second.map(|rate| Bucket {
-                rate,
-                tokens: rate.max(1.0),
-                at: now,
+            bucket: config.max_traces_per_second.map(|rate| {
+                Arc::new(Mutex::new(Bucket {
+                    rate,
+                    tokens: rate.max(1.0),
+                    at: now,
+                }))
             }),
         }
     }
 
     /// Decides for `trace`.
-    pub fn apply(&mut self, trace: &AssembledTrace, now: Instant) -> Verdict {
+    pub fn apply(&self, trace: &AssembledTrace, now: Instant) -> Verdict {
         if self.keep.any_span(trace) {
             return Verdict::Keep;
         }
@@ -88,7 +92,11 @@ impl Sampler {
             return Verdict::Drop("sampled_out");
         }
         let first = trace.release.revision == 1;
-        let limited = first && self.bucket.as_mut().is_some_and(|b| !b.take(now));
+        let limited = first
+            && self
+                .bucket
+                .as_ref()
+                .is_some_and(|b| !b.lock().unwrap_or_else(PoisonError::into_inner).take(now));
         if limited {
             Verdict::Drop("rate_limited")
         } else {
@@ -150,28 +158,28 @@ mod tests {
         TraceId(bytes)
     }
 
-    fn kept(s: &mut Sampler, n: u64) -> bool {
+    fn kept(s: &Sampler, n: u64) -> bool {
         let t = assembled_with_id(id(n), 1, vec![span("root", 0, None)]);
         s.apply(&t, Instant::now()) == Verdict::Keep
     }
 
     #[test]
     fn the_rate_keeps_about_that_fraction_and_the_same_ids_on_every_instance() {
-        let (mut a, mut b) = (sampler("rate: 0.25"), sampler("rate: 0.25"));
-        let kept_a: Vec<u64> = (0..4000).filter(|n| kept(&mut a, *n)).collect();
-        let kept_b: Vec<u64> = (0..4000).filter(|n| kept(&mut b, *n)).collect();
+        let (a, b) = (sampler("rate: 0.25"), sampler("rate: 0.25"));
+        let kept_a: Vec<u64> = (0..4000).filter(|n| kept(&a, *n)).collect();
+        let kept_b: Vec<u64> = (0..4000).filter(|n| kept(&b, *n)).collect();
         assert_eq!(kept_a, kept_b, "the decision depends on the trace id only");
         assert!((900..1100).contains(&kept_a.len()), "{}", kept_a.len());
         // Consistent: what 0.25 keeps, 0.5 keeps too.
-        let mut half = sampler("rate: 0.5");
-        assert!(kept_a.iter().all(|n| kept(&mut half, *n)));
-        assert!((0..100).all(|n| kept(&mut sampler("rate: 1"), n)));
-        assert!((0..100).all(|n| !kept(&mut sampler("rate: 0"), n)));
+        let half = sampler("rate: 0.5");
+        assert!(kept_a.iter().all(|n| kept(&half, *n)));
+        assert!((0..100).all(|n| kept(&sampler("rate: 1"), n)));
+        assert!((0..100).all(|n| !kept(&sampler("rate: 0"), n)));
     }
 
     #[test]
     fn keep_rules_win_over_the_rate() {
-        let mut s = sampler("rate: 0\nkeep: [{status: ERROR}]");
+        let s = sampler("rate: 0\nkeep: [{status: ERROR}]");
         let ok = assembled_with_id(id(1), 1, vec![span("root", 0, None)]);
         let failed = assembled_with_id(id(2), 1, vec![span("root", 0, None).error()]);
         assert_eq!(s.apply(&ok, Instant::now()), Verdict::Drop("sampled_out"));
@@ -180,7 +188,7 @@ mod tests {
 
     #[test]
     fn the_cap_limits_first_revisions_per_second_and_refills() {
-        let mut s = sampler("max_traces_per_second: 2");
+        let s = sampler("max_traces_per_second: 2");
         let start = Instant::now();
         let first = |n| assembled_with_id(id(n), 1, vec![span("root", 0, None)]);
         let decisions: Vec<Verdict> = (0..4).map(|n| s.apply(&first(n), start)).collect();
@@ -197,6 +205,20 @@ mod tests {
         assert_eq!(s.apply(&later, start), Verdict::Keep, "revision 2 passes");
         let next = start + Duration::from_millis(500);
         assert_eq!(s.apply(&first(5), next), Verdict::Keep, "one token back");
+    }
+
+    #[test]
+    fn copies_share_the_cap() {
+        // Each worker of a pipeline runs a copy of the stages; the cap holds for all of them.
+        let (a, start) = (sampler("max_traces_per_second: 2"), Instant::now());
+        let b = a.clone();
+        let first = |n| assembled_with_id(id(n), 1, vec![span("root", 0, None)]);
+        let kept = [&a, &b, &a, &b]
+            .iter()
+            .zip(0..)
+            .filter(|(s, n)| s.apply(&first(*n), start) == Verdict::Keep)
+            .count();
+        assert_eq!(kept, 2);
     }
 
     #[test]

@@ -937,7 +937,7 @@ impl Metrics {
 }
 
 /// Handles of one stage.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StageMetrics {
     label: StageLabel,
     /// Revisions in.

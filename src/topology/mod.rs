@@ -25,6 +25,7 @@ pub mod queue;
 pub mod reload;
 pub mod router;
 pub mod select;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -203,6 +204,8 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             sinks: sink_txs,
             assemble: pipeline.assemble.clone(),
             mlflow: pipeline.mlflow.clone(),
+            workers: pipeline.mlflow.workers(),
+            queue_bytes,
             metrics: Arc::clone(&metrics),
             assembler_metrics: metrics.assembler(name),
             log: pipeline::PipelineLog {

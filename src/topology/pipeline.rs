@@ -1,13 +1,15 @@
 //! One pipeline's task: replays the ingest log, then takes logged batches, assembles traces,
-//! journals every release and forget, turns each released revision into an MLflow trace, and
-//! hands it to every sink's queue.
+//! journals every release and forget, and gives each released revision to its
+//! [worker](super::workers), which turns it into an MLflow trace and hands it to every sink's
+//! queue.
 //!
-//! Waiting on a full sink queue is the back-pressure: while the task waits it does not read its
-//! input, the log writer's output fills, and receivers answer with the retryable codes. When the
-//! input closes (shutdown), every trace still held is released, flagged, before the task returns.
+//! Waiting on a full worker or sink queue is the back-pressure: while the task waits it does not
+//! read its input, the log writer's output fills, and receivers answer with the retryable codes.
+//! When the input closes (shutdown), every trace still held is released, flagged, and every
+//! worker has finished before the task returns.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -15,6 +17,7 @@ use tracing::{error, info, warn};
 
 use super::queue::{QueueRx, QueueTx};
 use super::reload::StageConfigs;
+use super::workers::{Job, Normalizer, Stages, Workers};
 use super::{on_blocking_thread, sleep_until};
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
@@ -57,6 +60,10 @@ pub struct Pipeline {
     pub assemble: AssembleConfig,
     /// MLflow settings.
     pub mlflow: MlflowConfig,
+    /// How many workers build MLflow traces and run the stages.
+    pub workers: usize,
+    /// `queue.max_bytes`, which also bounds the workers' queues.
+    pub queue_bytes: usize,
     /// Process metrics.
     pub metrics: Arc<Metrics>,
     /// Pre-labelled assembler metrics.
@@ -151,7 +158,15 @@ impl Pipeline {
     pub async fn run(mut self) -> Result<(), String> {
         let mut assembler = Assembler::new(self.assemble.clone());
         let mut chain = self.chain();
-        let mut next = self.replay(&mut assembler, &mut chain).await?;
+        let normalizer = Normalizer {
+            mlflow: self.mlflow.clone(),
+            metrics: Arc::clone(&self.metrics),
+            sinks: self.sinks.clone(),
+            tracker: Arc::clone(&self.log.tracker),
+            chain: None,
+        };
+        let mut workers = Workers::start(normalizer, self.workers, &self.name, self.queue_bytes);
+        let mut next = self.replay(&mut assembler, &chain, &mut workers).await?;
         let mut released = Vec::new();
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
         loop {
@@ -181,41 +196,61 @@ impl Pipeline {
             turn.note(&mut assembler, &mut released, next);
             if self.stages.has_changed().unwrap_or(false) {
                 chain = self.chain();
-                info!(stages = chain.len(), "stages reloaded");
+                info!(stages = self.stages.borrow().len(), "stages reloaded");
             }
-            self.finish(turn, &assembler, &mut chain, next).await?;
+            self.finish(turn, &assembler, &chain, &mut workers, next)
+                .await?;
         }
         let mut turn = Turn::default();
         assembler.drain(Instant::now(), &mut released);
         self.assembler_metrics.observe(&assembler, &released);
         turn.note(&mut assembler, &mut released, next);
-        self.finish(turn, &assembler, &mut chain, next).await?;
+        self.finish(turn, &assembler, &chain, &mut workers, next)
+            .await?;
+        self.sinks.clear();
+        workers.close().await?;
         self.checkpoint().await;
         Ok(())
     }
 
     /// The stages as last configured.
-    fn chain(&mut self) -> Chain {
+    fn chain(&mut self) -> Stages {
         let configs = self.stages.borrow_and_update().to_vec();
-        Chain::new(&self.name, configs, &self.metrics)
+        Arc::new(Mutex::new(Chain::new(&self.name, configs, &self.metrics)))
     }
 
-    /// Builds the MLflow trace of a released revision and runs the stages; `None` when a stage
-    /// dropped it.
-    fn prepare(&self, release: Release, position: u64, chain: &mut Chain) -> Option<SinkInput> {
-        let mut assembled = normalize(release, &self.mlflow, &self.metrics);
-        assembled.position = position;
-        chain.run(&mut assembled).then(|| Arc::new(assembled))
+    /// Registers the revision released at `position` with the tracker, then gives it to its
+    /// worker: registered first, so that no sink can report it durable before, and so that the
+    /// assembler's floor may move past it as soon as the turn ends.
+    async fn submit(
+        &self,
+        release: Release,
+        position: u64,
+        sinks: SinkMask,
+        chain: &Stages,
+        workers: &mut Workers,
+    ) -> Result<(), String> {
+        self.log
+            .tracker
+            .add(&[(position, release.first_position, sinks)]);
+        let stages = Arc::clone(chain);
+        workers
+            .submit(Job {
+                release,
+                position,
+                sinks,
+                stages,
+            })
+            .await
     }
 
-    /// Journals the turn's decisions, runs the stages on its revisions, registers those kept
-    /// with the tracker, and hands them to the sinks. A dropped revision is never registered,
-    /// so the log does not wait for it.
+    /// Journals the turn's decisions and gives its revisions to the workers.
     async fn finish(
         &mut self,
         turn: Turn,
         assembler: &Assembler,
-        chain: &mut Chain,
+        chain: &Stages,
+        workers: &mut Workers,
         next: u64,
     ) -> Result<(), String> {
         let floor = assembler.first_position().unwrap_or(next).min(next);
@@ -230,21 +265,9 @@ impl Pipeline {
             .zip(positions)
             .filter(|(d, _)| matches!(d.kind, Kind::Release { .. }))
             .map(|(_, p)| p);
-        // One revision at a time, so the sinks work while the next one is built; each is
-        // registered before a sink can report it durable, and the assembler's floor moves only
-        // after the last.
         let all = self.all_sinks();
         for (release, position) in turn.releases.into_iter().zip(release_positions) {
-            let first = release.first_position;
-            if let Some(trace) = self.prepare(release, position, chain) {
-                self.log.tracker.add(&[(position, first, all)]);
-                self.deliver(trace, all).await?;
-            }
-            // Let a sink on this thread take the revision now: freed while its memory is still
-            // in the caches, that memory serves the next revision. Building a whole turn first
-            // (thousands of traces under load) made every allocation a cache miss, 14% more CPU
-            // per span.
-            tokio::task::yield_now().await;
+            self.submit(release, position, all, chain, workers).await?;
         }
         self.log.tracker.hold(floor, &[]);
         Ok(())
@@ -272,26 +295,6 @@ impl Pipeline {
                 }
             }
         }
-    }
-
-    /// Hands `assembled` to the sinks in `sinks`, waiting for room in each queue.
-    async fn deliver(&self, assembled: SinkInput, sinks: SinkMask) -> Result<(), String> {
-        for (i, (name, tx)) in self.sinks.iter().enumerate() {
-            if sinks & (1 << i) == 0 {
-                continue;
-            }
-            // Waiting here when a sink queue is full is the back-pressure.
-            if tx
-                .send(Arc::clone(&assembled), assembled.bytes)
-                .await
-                .is_err()
-            {
-                return Err(format!(
-                    "sink {name} stopped while the pipeline was running"
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Moves the replay checkpoint to what every sink and the assembler no longer need, then
@@ -346,7 +349,8 @@ impl Pipeline {
     async fn replay(
         &mut self,
         assembler: &mut Assembler,
-        chain: &mut Chain,
+        chain: &Stages,
+        workers: &mut Workers,
     ) -> Result<u64, String> {
         let Some(mut replay) = self.log.replay.take() else {
             return Ok(0);
@@ -360,7 +364,7 @@ impl Pipeline {
         {
             for (position, payload) in segment {
                 let due = replay.due(Some(position));
-                self.apply(assembler, &replay, due, chain).await?;
+                self.apply(assembler, &replay, due, chain, workers).await?;
                 match record::decode(&payload) {
                     Ok(batch) => {
                         spans += batch.traces.iter().map(|t| t.span_count()).sum::<usize>();
@@ -375,7 +379,7 @@ impl Pipeline {
             }
         }
         let due = replay.due(None);
-        self.apply(assembler, &replay, due, chain).await?;
+        self.apply(assembler, &replay, due, chain, workers).await?;
         self.log.metrics.replayed.inc_by(records);
         if records > 0 {
             let secs = started.elapsed().as_secs_f64();
@@ -397,7 +401,8 @@ impl Pipeline {
         assembler: &mut Assembler,
         replay: &Replay,
         due: Vec<(u64, Decision)>,
-        chain: &mut Chain,
+        chain: &Stages,
+        workers: &mut Workers,
     ) -> Result<(), String> {
         for (position, decision) in due {
             let (revision, reason) = match decision.kind {
@@ -416,11 +421,8 @@ impl Pipeline {
             if missing == 0 {
                 continue;
             }
-            let first = release.first_position;
-            if let Some(trace) = self.prepare(release, position, chain) {
-                self.log.tracker.add(&[(position, first, missing)]);
-                self.deliver(trace, missing).await?;
-            }
+            self.submit(release, position, missing, chain, workers)
+                .await?;
         }
         Ok(())
     }
