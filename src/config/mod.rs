@@ -496,6 +496,10 @@ pipelines:
                 format!("    stages:\n      - type: sample\n        rate: 2\n{sinks}"),
                 "broken.yaml:9:",
             ),
+            (
+                format!("    mlflow:\n      workers: 0\n{sinks}"),
+                "broken.yaml:9:",
+            ),
         ];
         let expected = [
             "pipelines.main.stages[0]: unknown variant `fitler`, expected one of filter, sample, redact, enrich; did you mean `filter`?",
@@ -505,6 +509,7 @@ pipelines:
             "\"5 parsecs\" is not a duration",
             "did you mean `receivers`?",
             "pipelines.main.stages[0]: sample: rate 2 is not between 0 and 1",
+            "pipelines.main.mlflow.workers: invalid value: integer `0`, expected a nonzero usize",
         ];
         for ((tail, position), want) in cases.iter().zip(expected) {
             let got = error(tail);

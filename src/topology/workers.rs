@@ -227,3 +227,57 @@ async fn deliver(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assemble::ReleaseReason;
+    use crate::telemetry::metrics::QueueGauges;
+    use crate::testkit;
+
+    /// Revision `revision` of one trace holding `spans` spans.
+    fn release(revision: u32, spans: u8) -> Release {
+        let spans = (1..=spans)
+            .map(|i| testkit::span([9; 16], [i; 8], if i == 1 { &[] } else { &[1; 8] }, "s"))
+            .collect();
+        let split = testkit::split(&[testkit::resource_spans("svc", spans)]);
+        Release {
+            trace_id: TraceId([9; 16]),
+            revision,
+            reason: ReleaseReason::Size,
+            groups: split.traces[0].encoded(),
+            experiment: None,
+            first_position: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_revision_is_never_overtaken_by_the_next_one_of_its_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracker = Arc::new(Tracker::new(dir.path().join("checkpoint"), 0, Vec::new()));
+        let (tx, mut rx) = queue::bounded(1 << 30, QueueGauges::default());
+        let normalizer = Normalizer {
+            mlflow: MlflowConfig::default(),
+            metrics: Arc::new(Metrics::new()),
+            sinks: vec![("out".into(), tx)],
+            tracker,
+            chain: None,
+        };
+        let mut workers = Workers::start(normalizer, 4, "test", 1 << 30);
+        let stages = Stages::default();
+        // Revision 1 is far bigger, so it takes far longer to build than revision 2.
+        for (position, (revision, spans)) in [(1, 250), (2, 1)].into_iter().enumerate() {
+            let job = Job {
+                release: release(revision, spans),
+                position: position as u64,
+                sinks: 1,
+                stages: Arc::clone(&stages),
+            };
+            workers.submit(job).await.unwrap();
+        }
+        workers.close().await.unwrap();
+        let first = rx.recv().await.unwrap();
+        let second = rx.recv().await.unwrap();
+        assert_eq!((first.release.revision, second.release.revision), (1, 2));
+    }
+}

@@ -285,3 +285,76 @@ async fn a_memory_bound_far_below_the_load_loses_no_span() {
     assert_eq!(got, sent, "every accepted span is in some revision");
     assert!(lines.iter().any(|l| l["release_reason"] == "memory"));
 }
+
+/// Sends `traces` traces one span at a time, in ten concurrent requests, to a collector that
+/// releases a revision after every batch (`max_spans_per_trace: 1`): revisions of a trace are
+/// released in the same turns and reach the workers together. Returns the debug sink's lines
+/// as (trace id, revision, span count), in the sink's order, once every trace's ten spans
+/// arrived.
+async fn ten_revisions_each(workers: usize, traces: u8) -> Vec<(String, u64, u64)> {
+    let c = Collector::start_with(Settings {
+        format: "otlp",
+        max_spans_per_trace: "1",
+        workers: Some(workers),
+        ..Settings::default()
+    })
+    .await;
+    let ids: Vec<[u8; 16]> = (0..traces)
+        .map(|t| {
+            let mut id = [0x5a; 16];
+            (id[8], id[15]) = (t, t);
+            id
+        })
+        .collect();
+    // All at once, so that several requests reach one turn of the pipeline.
+    let posts = (1..=10u8).map(|span| {
+        let parent: &[u8] = if span == 1 { &[] } else { &[1; 8] };
+        let spans = ids
+            .iter()
+            .map(|id| testkit::span(*id, [span; 8], parent, "s"))
+            .collect();
+        post_spans(&c, spans, "svc")
+    });
+    futures_util::future::join_all(posts).await;
+    wait_for("every span", Duration::from_secs(30), || {
+        let whole = c.lines().iter().filter(|l| l["span_count"] == 10).count();
+        (whole == usize::from(traces)).then_some(())
+    })
+    .await;
+    c.stop_and_read()
+        .await
+        .iter()
+        .filter(|l| l["release_reason"] == "size")
+        .map(|l| {
+            let field = |k: &str| l[k].as_u64().unwrap();
+            let id = l["trace_id"].as_str().unwrap().to_string();
+            (id, field("revision"), field("span_count"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_workers_deliver_every_revision_of_a_trace_in_order() {
+    for workers in [4, 1] {
+        let lines = ten_revisions_each(workers, 200).await;
+        let mut seen: std::collections::HashMap<&str, Vec<(u64, u64)>> = Default::default();
+        for (id, revision, spans) in &lines {
+            seen.entry(id).or_default().push((*revision, *spans));
+        }
+        assert_eq!(seen.len(), 200);
+        // Requests that arrive together may make one revision: how many there are varies, but
+        // in each sink they come in release order, each holding more spans, the last all ten.
+        for (id, revisions) in &seen {
+            let numbers: Vec<u64> = revisions.iter().map(|r| r.0).collect();
+            let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+            assert_eq!(numbers, expected, "trace {id}, {workers} workers");
+            assert!(revisions.windows(2).all(|w| w[0].1 < w[1].1), "trace {id}");
+            assert_eq!(revisions.last().unwrap().1, 10, "trace {id}");
+        }
+        let several = seen.values().filter(|r| r.len() > 1).count();
+        assert!(
+            several > 100,
+            "too few traces had several revisions: {several}"
+        );
+    }
+}

@@ -71,10 +71,14 @@ pub struct Settings {
     pub log_max_bytes: &'static str,
     /// The ingest log's `segment_size`.
     pub log_segment_size: &'static str,
+    /// The assembler's `max_spans_per_trace`.
+    pub max_spans_per_trace: &'static str,
     /// The assembler's late-span window.
     pub late_span_window: &'static str,
     /// The pipeline's `stages:`, as a YAML flow list.
     pub stages: &'static str,
+    /// `mlflow.workers`; `None`: the default (one per core).
+    pub workers: Option<usize>,
 }
 
 impl Default for Settings {
@@ -97,8 +101,10 @@ impl Default for Settings {
             fsync: "always",
             log_max_bytes: "1GiB",
             log_segment_size: "64MiB",
+            max_spans_per_trace: "100000",
             late_span_window: "5m",
             stages: "[]",
+            workers: None,
         }
     }
 }
@@ -133,9 +139,10 @@ pipelines:
       idle_timeout: {idle}
       max_trace_age: {max_age}
       max_in_flight_bytes: {in_flight}
+      max_spans_per_trace: {max_spans}
       late_span_window: {late}
     mlflow:
-      default_experiment: "{experiment}"
+      default_experiment: "{experiment}"{workers}
     stages: {stages}
     sinks:
       out:
@@ -157,10 +164,14 @@ shutdown_timeout: 20s
         late = s.late_span_window,
         format = s.format,
         experiment = s.default_experiment,
+        workers = s
+            .workers
+            .map_or(String::new(), |n| format!("\n      workers: {n}")),
         extra = s.extra_sinks,
         idle = s.idle_timeout,
         max_age = s.max_trace_age,
         in_flight = s.max_in_flight_bytes,
+        max_spans = s.max_spans_per_trace,
         parquet = s.parquet_file_age.map_or(String::new(), |age| {
             format!(
                 "\n      lake:\n        type: parquet\n        path: \"{}\"\n        max_file_age: {age}",
