@@ -2,19 +2,20 @@
 //! down in order.
 //!
 //! ```text
-//! receiver ─► Router ─► log queue ─► log writer ─► pipeline queue ─► pipeline task ─┬─► sink queue ─► sink
-//!   (shared    (per receiver:        (append, fsync,                  (assemble,     └─► sink queue ─► sink
-//!    by name)   its pipelines)        answer)                          journal, fan-out)
+//! receiver ─► Router ─► log queue ─► log writer ─► pipeline queue ─► pipeline task ─► workers ─┬─► sink queue ─► sink
+//!   (shared    (per receiver:        (append, fsync,                  (assemble,      (MLflow,  └─► sink queue ─► sink
+//!    by name)   its pipelines)        answer)                          journal)        stages, fan-out)
 //! ```
 //!
-//! Back-pressure: every queue is bounded in bytes. A full sink queue blocks the fan-out, which
-//! stops reading the pipeline queue, which fills; the log writer waits, its queue fills, and
-//! receivers wait at most the pipeline's `admission_timeout` and answer with the retryable OTLP
-//! code. A client is answered OK only once its spans are in the ingest log.
+//! Back-pressure: every queue is bounded in bytes. A full sink queue blocks a worker's fan-out;
+//! the worker's full queue stops the pipeline task, which stops reading the pipeline queue, which
+//! fills; the log writer waits, its queue fills, and receivers wait at most the pipeline's
+//! `admission_timeout` and answer with the retryable OTLP code. A client is answered OK only
+//! once its spans are in the ingest log.
 //!
 //! Shutdown is data-driven: (1) receivers stop accepting and finish in-flight requests; (2) the
-//! router drops its queue senders, so each log writer drains and syncs, each pipeline drains and
-//! closes its sink queues; (3) sinks write what they hold, flush and return; (4) the replay
+//! router drops its queue senders, so each log writer drains and syncs, each pipeline drains,
+//! waits for its workers and closes its sink queues; (3) sinks write what they hold, flush and return; (4) the replay
 //! checkpoint moves past what every sink holds; (5) the admin server stops last. Anything still
 //! running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero; the ingest
 //! log replays it at the next start.
