@@ -47,7 +47,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements((TRACES * SPANS_PER_TRACE) as u64));
     for (name, yaml) in CASES {
         let configs: Vec<StageConfig> = serde_saphyr::from_str(yaml).unwrap();
-        let mut chain = Chain::new("bench", configs, &metrics);
+        let chain = Chain::new("bench", configs, &metrics);
         group.bench_function(*name, |b| {
             b.iter_batched(
                 || testkit::genai_traces(TRACES, SPANS_PER_TRACE, 300),

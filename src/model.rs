@@ -301,13 +301,7 @@ pub struct AssembledTrace {
 impl AssembledTrace {
     /// A revision and the MLflow trace built from it.
     pub fn new(release: crate::assemble::Release, built: crate::mlflow::Built) -> Self {
-        let bytes = release
-            .groups
-            .iter()
-            .flat_map(|g| &g.spans)
-            .map(Bytes::len)
-            .sum::<usize>()
-            * 2;
+        let bytes = release.encoded_bytes() * 2;
         Self {
             release,
             decoded: OnceLock::new(),

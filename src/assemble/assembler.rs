@@ -79,6 +79,15 @@ impl Release {
         self.groups.iter().map(|g| g.spans.len()).sum()
     }
 
+    /// Bytes of the spans' encodings.
+    pub fn encoded_bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.spans)
+            .map(|s| s.len())
+            .sum()
+    }
+
     /// The spans decoded, grouped by origin.
     pub fn decode(&self) -> Vec<SpanGroup> {
         self.groups.iter().map(EncodedGroup::decode).collect()

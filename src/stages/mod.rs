@@ -153,7 +153,7 @@ impl Chain {
     }
 
     /// Runs every stage on `trace`; `false` when one dropped it.
-    pub fn run(&mut self, trace: &mut AssembledTrace) -> bool {
+    pub fn run(&self, trace: &mut AssembledTrace) -> bool {
         let now = Instant::now();
         for (stage, m) in &self.stages {
             let started = Instant::now();

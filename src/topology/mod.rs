@@ -15,8 +15,9 @@
 //!
 //! Shutdown is data-driven: (1) receivers stop accepting and finish in-flight requests; (2) the
 //! router drops its queue senders, so each log writer drains and syncs, each pipeline drains,
-//! waits for its workers and closes its sink queues; (3) sinks write what they hold, flush and return; (4) the replay
-//! checkpoint moves past what every sink holds; (5) the admin server stops last. Anything still
+//! waits for its workers and closes its sink queues; (3) sinks write what they hold, flush and
+//! return; (4) the replay checkpoint moves past what every sink holds; (5) the admin server stops
+//! last. Anything still
 //! running at `shutdown_timeout` is abandoned and reported, and the exit is non-zero; the ingest
 //! log replays it at the next start.
 
@@ -205,7 +206,6 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             sinks: sink_txs,
             assemble: pipeline.assemble.clone(),
             mlflow: pipeline.mlflow.clone(),
-            workers: pipeline.mlflow.workers(),
             queue_bytes,
             metrics: Arc::clone(&metrics),
             assembler_metrics: metrics.assembler(name),

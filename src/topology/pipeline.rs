@@ -60,8 +60,6 @@ pub struct Pipeline {
     pub assemble: AssembleConfig,
     /// MLflow settings.
     pub mlflow: MlflowConfig,
-    /// How many workers build MLflow traces and run the stages.
-    pub workers: usize,
     /// `queue.max_bytes`, which also bounds the workers' queues.
     pub queue_bytes: usize,
     /// Process metrics.
@@ -165,7 +163,12 @@ impl Pipeline {
             tracker: Arc::clone(&self.log.tracker),
             chain: None,
         };
-        let mut workers = Workers::start(normalizer, self.workers, &self.name, self.queue_bytes);
+        let mut workers = Workers::start(
+            normalizer,
+            self.mlflow.workers(),
+            &self.name,
+            self.queue_bytes,
+        );
         let mut next = self.replay(&mut assembler, &chain, &mut workers).await?;
         let mut released = Vec::new();
         let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
@@ -207,6 +210,8 @@ impl Pipeline {
         turn.note(&mut assembler, &mut released, next);
         self.finish(turn, &assembler, &chain, &mut workers, next)
             .await?;
+        // The workers hold the sink queues' senders now: each sink sees its input end once
+        // they are done.
         self.sinks.clear();
         workers.close().await?;
         self.checkpoint().await;

@@ -42,17 +42,6 @@ pub struct Job {
     pub stages: Stages,
 }
 
-impl Job {
-    fn bytes(&self) -> usize {
-        self.release
-            .groups
-            .iter()
-            .flat_map(|g| &g.spans)
-            .map(|s| s.len())
-            .sum()
-    }
-}
-
 /// What every worker needs to finish a job.
 #[derive(Clone)]
 pub struct Normalizer {
@@ -93,7 +82,7 @@ impl Normalizer {
     }
 
     /// This worker's copy of `stages`, taken anew when they changed.
-    fn chain(&mut self, stages: Stages) -> &mut Chain {
+    fn chain(&mut self, stages: Stages) -> &Chain {
         let current = self
             .chain
             .as_ref()
@@ -105,7 +94,7 @@ impl Normalizer {
                 .clone();
             self.chain = Some((stages, copy));
         }
-        &mut self.chain.as_mut().expect("just set").1
+        &self.chain.as_ref().expect("just set").1
     }
 }
 
@@ -153,7 +142,7 @@ impl Workers {
             Self::Inline(normalizer) => normalizer.run(job).await,
             Self::Pool { queues, tasks } => {
                 let queue = &queues[shard(&job.release.trace_id, queues.len())];
-                let bytes = job.bytes();
+                let bytes = job.release.encoded_bytes();
                 if queue.send(job, bytes).await.is_ok() {
                     return Ok(());
                 }
