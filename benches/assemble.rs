@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
-use traceloom::assemble::{AssembleConfig, Assembler};
+use traceloom::assemble::{AssembleConfig, Assembler, Records};
 use traceloom::log::record;
 use traceloom::model::{LoggedTrace, Protocol, ReceiveMeta, SpanBatch};
 use traceloom::receive::validate::split_by_trace;
@@ -87,9 +87,22 @@ fn logged(i: usize, batch: &SpanBatch) -> Vec<LoggedTrace> {
         .collect()
 }
 
+/// Each trace is released once here, so no record is read back.
+struct NoRereads;
+
+impl Records for NoRereads {
+    fn read(&mut self, position: u64) -> std::io::Result<Vec<u8>> {
+        unreachable!("record {position} read back: the bench releases each trace once")
+    }
+}
+
+fn assembler() -> Assembler {
+    Assembler::new(AssembleConfig::default(), Box::new(NoRereads))
+}
+
 fn memory_per_span(batches: &[Arc<SpanBatch>], encoded: usize) {
     let before = ALLOCATED.load(Ordering::Relaxed);
-    let mut a = Assembler::new(AssembleConfig::default());
+    let mut a = assembler();
     let mut out = Vec::new();
     let now = Instant::now();
     for (i, b) in batches.iter().enumerate() {
@@ -119,7 +132,7 @@ fn assemble(c: &mut Criterion) {
     ));
     group.bench_function("group_and_release_8_span_traces", |b| {
         b.iter_batched(
-            || Assembler::new(AssembleConfig::default()),
+            assembler,
             |mut a| {
                 let now = Instant::now();
                 let mut out = Vec::new();

@@ -210,6 +210,7 @@ pub fn assembled(
         groups,
         experiment: None,
         first_position: 0,
+        unreadable_spans: 0,
     };
     crate::topology::pipeline::normalize(
         release,

@@ -1,6 +1,9 @@
 //! The assembler: spans grouped by trace id across requests, released as whole traces.
 //!
-//! Pure state and rules, no channels and no clock: callers pass `now`, so tests drive time.
+//! State and rules, no channels and no clock: callers pass `now`, so tests drive time. The only
+//! I/O is reading a released trace's earlier spans back through [`Records`] when late spans make
+//! its next revision: released spans are not kept in memory, only their ids, a digest of each
+//! and where their records are, so memory follows the open traces, not the late-span window.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -10,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use indexmap::IndexMap;
 use prost::Message;
+use tracing::warn;
 
 use super::config::AssembleConfig;
 use crate::config::units::ByteSize;
@@ -66,12 +70,25 @@ pub struct Release {
     pub experiment: Option<Arc<str>>,
     /// Log position of the first record of the trace held: replay from there rebuilds it.
     pub first_position: u64,
+    /// Spans of earlier revisions that could not be read back from the ingest log (damaged
+    /// records): this revision lacks them.
+    pub unreadable_spans: usize,
 }
 
 impl Release {
-    /// Whether the revision is flagged partial: anything but a complete release.
+    /// Whether the revision is flagged partial: released before it was complete, or lacking
+    /// earlier spans that could not be read back.
     pub fn partial(&self) -> bool {
-        self.reason != ReleaseReason::Complete
+        self.partial_reason().is_some()
+    }
+
+    /// Why the revision is partial, for the `traceloom.partial_reason` tag.
+    pub fn partial_reason(&self) -> Option<&'static str> {
+        match self.reason {
+            ReleaseReason::Complete if self.unreadable_spans > 0 => Some("log_unreadable"),
+            ReleaseReason::Complete => None,
+            reason => Some(reason.as_str()),
+        }
     }
 
     /// The number of spans.
@@ -106,16 +123,43 @@ pub struct Counts {
     /// Released traces forgotten to stay under `max_in_flight_bytes` or `max_released_bytes`
     /// before their window ended.
     pub forgotten_early: u64,
+    /// Records that could not be read back from the ingest log to build a revision.
+    pub unreadable_records: u64,
 }
 
-/// A held span: its own encoded protobuf, so it pins no request buffer and costs what it weighs.
+/// Reads span records back from the ingest log, by position.
+pub trait Records: Send + Sync {
+    /// The payload of the record at `position`, as [`crate::log::record::encode`] made it.
+    ///
+    /// # Errors
+    ///
+    /// When it cannot be read or is damaged; the message says where.
+    fn read(&mut self, position: u64) -> std::io::Result<Vec<u8>>;
+}
+
+impl Records for crate::log::reader::FrameReader {
+    fn read(&mut self, position: u64) -> std::io::Result<Vec<u8>> {
+        crate::log::reader::FrameReader::read(self, position)
+    }
+}
+
+/// A span not yet released: its encoding, sliced from its record, and where that record is.
 struct Held {
     origin: Arc<Origin>,
     blob: Bytes,
+    position: u64,
 }
 
 struct TraceState {
-    spans: IndexMap<SpanId, Held>,
+    /// Spans arrived since the last release, in arrival order.
+    fresh: IndexMap<SpanId, Held>,
+    /// Spans of earlier revisions, sorted by id, each with a digest of its encoding (to tell a
+    /// re-sent copy from a changed one); their encodings are read back from `records`.
+    released_spans: Vec<(SpanId, u64)>,
+    /// Positions of the records holding the released spans, ascending.
+    records: Vec<u64>,
+    /// Distinct span ids, fresh or released.
+    span_count: usize,
     bytes: usize,
     root_seen: bool,
     /// When the current, not yet released, spans started arriving.
@@ -137,10 +181,15 @@ struct TraceState {
 
 /// Per-span bookkeeping beyond the encoded size (map entry, blob header, origin pointer).
 const SPAN_OVERHEAD: usize = 96;
+/// What a released span costs: its id and digest.
+const RELEASED_SPAN: usize = 16;
+/// What a record position costs.
+const RECORD: usize = 8;
 
 /// Groups spans into traces and decides when to release them.
 pub struct Assembler {
     config: AssembleConfig,
+    records: Box<dyn Records>,
     traces: HashMap<TraceId, TraceState>,
     deadlines: BinaryHeap<Reverse<(Instant, TraceId)>>,
     /// Held traces by the position of their first record, which is also the order of age.
@@ -155,10 +204,11 @@ pub struct Assembler {
 }
 
 impl Assembler {
-    /// An empty assembler.
-    pub fn new(config: AssembleConfig) -> Self {
+    /// An empty assembler that reads released spans back from `records`.
+    pub fn new(config: AssembleConfig, records: Box<dyn Records>) -> Self {
         Self {
             config,
+            records,
             traces: HashMap::new(),
             deadlines: BinaryHeap::new(),
             by_age: BTreeSet::new(),
@@ -259,7 +309,7 @@ impl Assembler {
             };
             let state = &self.traces[&trace.trace_id];
             if state.dirty
-                && (state.spans.len() >= self.config.max_spans_per_trace
+                && (state.span_count >= self.config.max_spans_per_trace
                     || state.bytes >= self.config.max_trace_bytes.as_usize())
             {
                 out.push(self.release(trace.trace_id, ReleaseReason::Size, now));
@@ -279,7 +329,10 @@ impl Assembler {
         let state = self.traces.entry(trace_id).or_insert_with(|| {
             self.by_age.insert((position, trace_id));
             TraceState {
-                spans: IndexMap::new(),
+                fresh: IndexMap::new(),
+                released_spans: Vec::new(),
+                records: Vec::new(),
+                span_count: 0,
                 bytes: 0,
                 root_seen: false,
                 open_since: now,
@@ -293,11 +346,14 @@ impl Assembler {
                 first_position: position,
             }
         });
-        if state
-            .spans
-            .get(&span_id)
-            .is_some_and(|held| held.blob == blob)
-        {
+        let released = state
+            .released_spans
+            .binary_search_by_key(&span_id, |&(id, _)| id);
+        let duplicate = match state.fresh.get(&span_id) {
+            Some(held) => held.blob == blob,
+            None => released.is_ok_and(|i| state.released_spans[i].1 == digest(blob)),
+        };
+        if duplicate {
             self.counts.duplicate_spans += 1;
             return;
         }
@@ -318,10 +374,15 @@ impl Assembler {
         let held = Held {
             origin: Arc::clone(origin),
             blob: blob.clone(),
+            position,
         };
-        if let Some(old) = state.spans.insert(span_id, held) {
-            state.bytes -= old.blob.len() + SPAN_OVERHEAD;
-            self.bytes -= old.blob.len() + SPAN_OVERHEAD;
+        match state.fresh.insert(span_id, held) {
+            Some(old) => {
+                state.bytes -= old.blob.len() + SPAN_OVERHEAD;
+                self.bytes -= old.blob.len() + SPAN_OVERHEAD;
+            }
+            None if released.is_err() => state.span_count += 1,
+            None => {}
         }
         state.bytes += bytes;
         self.bytes += bytes;
@@ -393,22 +454,22 @@ impl Assembler {
             .traces
             .get_mut(&trace_id)
             .expect("releasing a held trace");
+        let (groups, unreadable_spans) = if state.released_spans.is_empty() {
+            let fresh = state.fresh.values().map(|h| (&h.origin, &h.blob));
+            (groups(fresh), 0)
+        } else {
+            let (spans, unreadable) = reread(&mut *self.records, state, &mut self.counts);
+            (groups(spans.values().map(|(o, b)| (o, b))), unreadable)
+        };
+        let bytes = state.bytes;
+        state.settle();
+        self.bytes = self.bytes - bytes + state.bytes;
         state.revisions += 1;
         state.dirty = false;
         state.released_at = Some(now);
         self.released.insert(now, trace_id, state.bytes);
         state.scheduled = now + late_window;
         self.deadlines.push(Reverse((state.scheduled, trace_id)));
-        let mut groups: Vec<EncodedGroup> = Vec::new();
-        for held in state.spans.values() {
-            match groups.last_mut() {
-                Some(g) if Arc::ptr_eq(&g.origin, &held.origin) => g.spans.push(held.blob.clone()),
-                _ => groups.push(EncodedGroup {
-                    origin: Arc::clone(&held.origin),
-                    spans: vec![held.blob.clone()],
-                }),
-            }
-        }
         Release {
             trace_id,
             revision: state.revisions,
@@ -416,6 +477,7 @@ impl Assembler {
             groups,
             experiment: state.experiment.clone(),
             first_position: state.first_position,
+            unreadable_spans,
         }
     }
 
@@ -495,6 +557,90 @@ impl Assembler {
             self.forget(trace_id);
         }
     }
+}
+
+impl TraceState {
+    /// After a release: the fresh spans join the released ones, keeping only their ids, digests
+    /// and record positions.
+    fn settle(&mut self) {
+        let first_new = self.records.len();
+        // Taken, not drained: a drained map would keep its capacity for as long as the trace.
+        for (id, held) in std::mem::take(&mut self.fresh) {
+            let entry = (id, digest(&held.blob));
+            match self.released_spans.binary_search_by_key(&id, |&(id, _)| id) {
+                Ok(i) => self.released_spans[i] = entry,
+                Err(i) => self.released_spans.insert(i, entry),
+            }
+            self.records.push(held.position);
+        }
+        // Fresh spans came after every earlier record, in log order but for changed copies.
+        self.records[first_new..].sort_unstable();
+        self.records.dedup();
+        self.bytes = self.released_spans.len() * RELEASED_SPAN + self.records.len() * RECORD;
+    }
+}
+
+/// The spans of `state`'s next revision when it has released spans: those read back from its
+/// records (a later copy of a span replacing an earlier one in place), then the fresh ones. Also
+/// returns how many released spans could not be read.
+fn reread(
+    records: &mut dyn Records,
+    state: &TraceState,
+    counts: &mut Counts,
+) -> (IndexMap<SpanId, (Arc<Origin>, Bytes)>, usize) {
+    let mut spans = IndexMap::with_capacity(state.span_count);
+    for &position in &state.records {
+        let batch = records.read(position).and_then(|payload| {
+            crate::log::record::decode(&payload)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                counts.unreadable_records += 1;
+                warn!(position, error = %e,
+                    "ingest log: cannot read back a record of a released trace; its next revision lacks those spans");
+                continue;
+            }
+        };
+        for trace in batch.traces {
+            for group in trace.groups {
+                for span in group.spans {
+                    spans.insert(span.span_id, (Arc::clone(&group.origin), span.encoded));
+                }
+            }
+        }
+    }
+    let unreadable = state
+        .released_spans
+        .iter()
+        .filter(|(id, _)| !spans.contains_key(id))
+        .count();
+    for (id, held) in &state.fresh {
+        spans.insert(*id, (Arc::clone(&held.origin), held.blob.clone()));
+    }
+    (spans, unreadable)
+}
+
+/// Spans in order, grouped where consecutive spans share an origin.
+fn groups<'a>(spans: impl Iterator<Item = (&'a Arc<Origin>, &'a Bytes)>) -> Vec<EncodedGroup> {
+    let mut groups: Vec<EncodedGroup> = Vec::new();
+    for (origin, blob) in spans {
+        match groups.last_mut() {
+            Some(g) if Arc::ptr_eq(&g.origin, origin) => g.spans.push(blob.clone()),
+            _ => groups.push(EncodedGroup {
+                origin: Arc::clone(origin),
+                spans: vec![blob.clone()],
+            }),
+        }
+    }
+    groups
+}
+
+/// A digest of a span's encoding: equal for a re-sent identical copy, different (but for a
+/// 2^-64 chance) for a changed one.
+fn digest(blob: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(blob)
 }
 
 /// Released traces with nothing new since, in release order, and the bytes they hold.

@@ -28,7 +28,7 @@
 mod assembler;
 mod config;
 
-pub use assembler::{Assembler, Counts, Release, ReleaseReason};
+pub use assembler::{Assembler, Counts, Records, Release, ReleaseReason};
 pub use config::AssembleConfig;
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The release policy, driven by a synthetic clock.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::*;
@@ -67,15 +69,37 @@ fn run(a: &mut Assembler, at: Instant) -> Vec<Release> {
     out
 }
 
+/// The tests' ingest log: every record `logged` made, by position.
+static RECORDS: Mutex<BTreeMap<u64, Vec<u8>>> = Mutex::new(BTreeMap::new());
+
+/// Reads [`RECORDS`], as the pipeline's assembler reads the log's segments.
+struct TestLog;
+
+impl Records for TestLog {
+    fn read(&mut self, position: u64) -> io::Result<Vec<u8>> {
+        let records = RECORDS.lock().unwrap();
+        let record = records.get(&position).cloned();
+        record.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no record there"))
+    }
+}
+
+fn assembler(config: AssembleConfig) -> Assembler {
+    Assembler::new(config, Box::new(TestLog))
+}
+
 /// The batch's records as the ingest log writer hands them over: positions in arrival order,
-/// spans sliced from the encoded records.
+/// spans sliced from the encoded records, which go to [`RECORDS`].
 fn logged(b: &SpanBatch) -> Vec<LoggedTrace> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     crate::log::record::encode(b)
         .into_iter()
-        .map(|r| LoggedTrace {
-            position: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            spans: r.spans,
+        .map(|r| {
+            let position = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            RECORDS.lock().unwrap().insert(position, r.bytes.to_vec());
+            LoggedTrace {
+                position,
+                spans: r.spans,
+            }
         })
         .collect()
 }
@@ -89,7 +113,7 @@ fn ingest(a: &mut Assembler, b: &SpanBatch, at: Instant) -> Vec<Release> {
 #[test]
 fn children_first_then_root_release_once_after_idle() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     assert!(
         ingest(
             &mut a,
@@ -116,7 +140,7 @@ fn children_first_then_root_release_once_after_idle() {
 #[test]
 fn root_first_waits_for_the_children() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
     ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(3));
     assert!(
@@ -130,7 +154,7 @@ fn root_first_waits_for_the_children() {
 #[test]
 fn duplicates_are_counted_and_changed_spans_replace() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(0));
     ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(1));
     let mut renamed = child(T, 2);
@@ -154,7 +178,7 @@ fn duplicates_are_counted_and_changed_spans_replace() {
 #[test]
 fn a_late_span_makes_revision_two_with_all_spans() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T), child(T, 2)], None), c.at(0));
     assert_eq!(run(&mut a, c.at(5))[0].revision, 1);
     ingest(&mut a, &batch(T, vec![child(T, 3)], None), c.at(50));
@@ -169,10 +193,74 @@ fn a_late_span_makes_revision_two_with_all_spans() {
     assert!(run(&mut a, c.at(70)).is_empty());
 }
 
+/// The names of a release's spans, in order.
+fn names(release: &Release) -> Vec<String> {
+    let groups = release.decode();
+    let spans = groups.iter().flat_map(|g| &g.spans);
+    spans
+        .map(|s| String::from_utf8_lossy(&s.name).into_owned())
+        .collect()
+}
+
+#[test]
+fn later_revisions_read_released_spans_back_from_the_log_in_arrival_order() {
+    let c = Clock(Instant::now());
+    let mut a = assembler(config());
+    ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(0));
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(1));
+    assert_eq!(names(&run(&mut a, c.at(6))[0]), ["child", "root"]);
+    // A changed copy of a released span keeps its place; a new span comes last.
+    let mut renamed = child(T, 2);
+    renamed.name = "renamed".into();
+    ingest(
+        &mut a,
+        &batch(T, vec![renamed, child(T, 3)], None),
+        c.at(10),
+    );
+    let out = run(&mut a, c.at(15));
+    assert_eq!((out[0].revision, out[0].partial()), (2, false));
+    assert_eq!(names(&out[0]), ["renamed", "root", "child"]);
+    // The changed copy is the one held now: sending it again is a duplicate, the old one is not.
+    let mut renamed = child(T, 2);
+    renamed.name = "renamed".into();
+    ingest(&mut a, &batch(T, vec![renamed], None), c.at(20));
+    assert_eq!(a.counts().duplicate_spans, 1);
+    assert!(run(&mut a, c.at(30)).is_empty());
+    ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(40));
+    let out = run(&mut a, c.at(45));
+    assert_eq!(
+        (out[0].revision, names(&out[0])),
+        (3, vec!["child".into(), "root".into(), "child".into()])
+    );
+}
+
+#[test]
+fn an_unreadable_record_flags_the_revision_and_keeps_the_rest() {
+    let c = Clock(Instant::now());
+    let mut a = assembler(config());
+    let first = logged(&batch(T, vec![child(T, 2)], None));
+    let mut out = Vec::new();
+    a.ingest(
+        &batch(T, vec![child(T, 2)], None),
+        &first,
+        c.at(0),
+        &mut out,
+    );
+    ingest(&mut a, &batch(T, vec![root(T)], None), c.at(1));
+    assert_eq!(run(&mut a, c.at(6))[0].span_count(), 2);
+    RECORDS.lock().unwrap().remove(&first[0].position);
+    ingest(&mut a, &batch(T, vec![child(T, 3)], None), c.at(10));
+    let out = run(&mut a, c.at(15));
+    assert_eq!(names(&out[0]), ["root", "child"]);
+    assert_eq!(out[0].unreadable_spans, 1);
+    assert_eq!(out[0].partial_reason(), Some("log_unreadable"));
+    assert_eq!(a.counts().unreadable_records, 1);
+}
+
 #[test]
 fn after_the_late_window_a_span_starts_a_fresh_partial_trace() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
     run(&mut a, c.at(5));
     assert!(run(&mut a, c.at(125)).is_empty());
@@ -189,7 +277,7 @@ fn after_the_late_window_a_span_starts_a_fresh_partial_trace() {
 #[test]
 fn a_trace_without_root_is_released_at_max_age_flagged() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![child(T, 2)], None), c.at(0));
     assert!(run(&mut a, c.at(59)).is_empty());
     let out = run(&mut a, c.at(60));
@@ -199,7 +287,7 @@ fn a_trace_without_root_is_released_at_max_age_flagged() {
 #[test]
 fn a_busy_trace_is_released_at_max_age_even_with_its_root() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
     for s in 1..=30u64 {
         ingest(
@@ -220,7 +308,7 @@ fn a_busy_trace_is_released_at_max_age_even_with_its_root() {
 #[test]
 fn size_bound_releases_early_and_keeps_accumulating() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(AssembleConfig {
+    let mut a = assembler(AssembleConfig {
         max_spans_per_trace: 3,
         ..config()
     });
@@ -238,22 +326,39 @@ fn size_bound_releases_early_and_keeps_accumulating() {
     );
 }
 
-/// What the assembler holds for one trace of a root and a child.
-fn two_span_trace_bytes(c: &Clock) -> usize {
-    let mut probe = Assembler::new(config());
+/// What the assembler holds for one trace of a root and a child, open or `released`.
+fn two_span_trace_bytes(c: &Clock, released: bool) -> usize {
+    let mut probe = assembler(config());
     ingest(
         &mut probe,
         &batch(T, vec![root(T), child(T, 2)], None),
         c.at(0),
     );
+    if released {
+        assert_eq!(run(&mut probe, c.at(10)).len(), 1);
+    }
     probe.bytes()
+}
+
+#[test]
+fn a_released_trace_keeps_ids_not_spans() {
+    let c = Clock(Instant::now());
+    let (open, released) = (
+        two_span_trace_bytes(&c, false),
+        two_span_trace_bytes(&c, true),
+    );
+    assert!(open > 200, "an open trace holds its spans: {open} bytes");
+    assert!(
+        released < 64,
+        "a released one only ids, digests and records: {released} bytes"
+    );
 }
 
 #[test]
 fn released_bound_forgets_the_oldest_released_traces_only() {
     let c = Clock(Instant::now());
-    let one_trace = two_span_trace_bytes(&c);
-    let mut a = Assembler::new(AssembleConfig {
+    let one_trace = two_span_trace_bytes(&c, true);
+    let mut a = assembler(AssembleConfig {
         max_released_bytes: Some(ByteSize((one_trace * 2) as u64)),
         ..config()
     });
@@ -301,8 +406,8 @@ fn released_bound_forgets_the_oldest_released_traces_only() {
 #[test]
 fn memory_bound_forgets_released_then_releases_the_oldest() {
     let c = Clock(Instant::now());
-    let one_trace = two_span_trace_bytes(&c);
-    let mut a = Assembler::new(AssembleConfig {
+    let one_trace = two_span_trace_bytes(&c, false);
+    let mut a = assembler(AssembleConfig {
         max_in_flight_bytes: ByteSize((one_trace * 2) as u64),
         ..config()
     });
@@ -341,7 +446,7 @@ fn memory_bound_forgets_released_then_releases_the_oldest() {
 #[test]
 fn drain_releases_everything_unreleased_flagged() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     ingest(&mut a, &batch(T, vec![root(T)], None), c.at(0));
     run(&mut a, c.at(5));
     ingest(
@@ -359,7 +464,7 @@ fn drain_releases_everything_unreleased_flagged() {
 #[test]
 fn many_open_traces_release_in_deadline_order() {
     let c = Clock(Instant::now());
-    let mut a = Assembler::new(config());
+    let mut a = assembler(config());
     for n in 0..50_000u32 {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&n.to_be_bytes());

@@ -21,6 +21,7 @@
 pub mod commit;
 pub mod config;
 pub mod journal;
+pub mod reader;
 pub mod record;
 pub mod replay;
 pub mod segment;

@@ -168,8 +168,7 @@ impl SegmentLog {
         let position = self.active_base + self.active_len;
         let len = u32::try_from(payload.len()).expect("records are far below 4 GiB");
         let len_bytes = len.to_le_bytes();
-        let mut crc = crc32c::crc32c(&len_bytes);
-        crc = crc32c::crc32c_append(crc, payload);
+        let crc = checksum(len_bytes, payload);
         self.pending.extend_from_slice(&len_bytes);
         self.pending.extend_from_slice(&crc.to_le_bytes());
         self.pending.extend_from_slice(payload);
@@ -377,14 +376,21 @@ fn scan(base: u64, data: &[u8], visit: &mut impl FnMut(u64, &[u8]) -> u64) -> (u
 /// The payload of the frame at the start of `data`, if it is whole and its checksum matches.
 fn frame_at(data: &[u8]) -> Option<&[u8]> {
     let header = data.get(..FRAME_HEADER as usize)?;
-    let len_bytes: [u8; 4] = header[..4].try_into().ok()?;
-    let len = u32::from_le_bytes(len_bytes);
-    if len > MAX_FRAME {
-        return None;
-    }
-    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let (len, crc) = frame_header(header.try_into().ok()?)?;
     let payload = data.get(FRAME_HEADER as usize..FRAME_HEADER as usize + len as usize)?;
-    (crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload) == crc).then_some(payload)
+    (checksum(len.to_le_bytes(), payload) == crc).then_some(payload)
+}
+
+/// A frame header's payload length and checksum; `None` for an impossible length.
+pub(super) fn frame_header(header: [u8; FRAME_HEADER as usize]) -> Option<(u32, u32)> {
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    let len = u32::from_le_bytes([l0, l1, l2, l3]);
+    (len <= MAX_FRAME).then_some((len, u32::from_le_bytes([c0, c1, c2, c3])))
+}
+
+/// The checksum a frame header carries: CRC32C of the length bytes and the payload.
+pub(super) fn checksum(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload)
 }
 
 fn damage_reason(rest: &[u8]) -> &'static str {
@@ -404,7 +410,7 @@ fn damage_reason(rest: &[u8]) -> &'static str {
     }
 }
 
-fn segment_path(dir: &Path, base: u64) -> PathBuf {
+pub(super) fn segment_path(dir: &Path, base: u64) -> PathBuf {
     dir.join(format!("{base:020}.{SUFFIX}"))
 }
 

@@ -147,6 +147,7 @@ pub struct Metrics {
     assembler_duplicates: Family<PipelineLabel, Counter>,
     assembler_late: Family<PipelineLabel, Counter>,
     assembler_forgotten: Family<PipelineLabel, Counter>,
+    assembler_unreadable: Family<PipelineLabel, Counter>,
     assembler_released: Family<ReleaseLabels, Counter>,
     assembler_revisions: Family<PipelineLabel, Counter>,
     assembler_open: Family<PipelineLabel, Gauge>,
@@ -190,6 +191,7 @@ impl Metrics {
             assembler_duplicates: Family::default(),
             assembler_late: Family::default(),
             assembler_forgotten: Family::default(),
+            assembler_unreadable: Family::default(),
             assembler_released: Family::default(),
             assembler_revisions: Family::default(),
             assembler_open: Family::default(),
@@ -297,6 +299,11 @@ impl Metrics {
                 &m.assembler_forgotten,
             ),
             (
+                "assembler_unreadable_records",
+                "Ingest log records of released traces that could not be read back for a later revision (damaged log); that revision is flagged partial",
+                &m.assembler_unreadable,
+            ),
+            (
                 "assembler_revisions",
                 "Revisions after the first (late spans, size releases)",
                 &m.assembler_revisions,
@@ -306,7 +313,7 @@ impl Metrics {
         }
         registry.register(
             "assembler_released_traces",
-            "Trace revisions released, by reason (complete, max_age, size, memory, shutdown)",
+            "Trace revisions released, by reason (complete, max_age, size, memory, shutdown, log_space)",
             m.assembler_released.clone(),
         );
         registry.register(
@@ -316,7 +323,7 @@ impl Metrics {
         );
         registry.register(
             "assembler_held_bytes",
-            "Bytes of spans held by the assembler",
+            "Bytes the assembler holds: open traces' spans, and the ids and record positions of released ones",
             m.assembler_bytes.clone(),
         );
         registry.register(
@@ -404,6 +411,7 @@ impl Metrics {
             duplicates: self.assembler_duplicates.get_or_create(&label).clone(),
             late: self.assembler_late.get_or_create(&label).clone(),
             forgotten: self.assembler_forgotten.get_or_create(&label).clone(),
+            unreadable: self.assembler_unreadable.get_or_create(&label).clone(),
             revisions: self.assembler_revisions.get_or_create(&label).clone(),
             open: self.assembler_open.get_or_create(&label).clone(),
             bytes: self.assembler_bytes.get_or_create(&label).clone(),
@@ -423,6 +431,7 @@ pub struct AssemblerMetrics {
     duplicates: Counter,
     late: Counter,
     forgotten: Counter,
+    unreadable: Counter,
     revisions: Counter,
     open: Gauge,
     bytes: Gauge,
@@ -445,6 +454,8 @@ impl AssemblerMetrics {
         self.late.inc_by(now.late_spans - self.last.late_spans);
         self.forgotten
             .inc_by(now.forgotten_early - self.last.forgotten_early);
+        self.unreadable
+            .inc_by(now.unreadable_records - self.last.unreadable_records);
         self.last = now;
         for r in released {
             self.spans_out.inc_by(r.span_count() as u64);

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, ReceiverConfig};
+use crate::log::reader::FrameReader;
 use crate::log::writer::{LogSpace, Writer};
 use crate::log::{SinkCommits, Tracker};
 use crate::model::Protocol;
@@ -180,6 +181,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             queue::bounded(queue_bytes, metrics.queue(&label, queue_bytes));
         let (floor_tx, floor_rx) = watch::channel(log.replay.from);
         let space = Arc::new(LogSpace::default());
+        let records = FrameReader::new(log.records.dir().to_path_buf());
         let writer = Writer {
             log: Some(log.records),
             input: append_rx,
@@ -211,6 +213,7 @@ pub async fn start(config: &Config, metrics: Arc<Metrics>) -> Result<Running, St
             assembler_metrics: metrics.assembler(name),
             log: pipeline::PipelineLog {
                 journal: Some(log.journal),
+                records: Some(records),
                 fsync: pipeline.log.fsync,
                 tracker: log.tracker,
                 floor: floor_tx,

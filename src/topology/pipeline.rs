@@ -22,6 +22,7 @@ use super::{on_blocking_thread, sleep_until};
 use crate::assemble::{AssembleConfig, Assembler, Release};
 use crate::config::MlflowConfig;
 use crate::log::journal::{self, Decision, Kind};
+use crate::log::reader::FrameReader;
 use crate::log::segment::SegmentLog;
 use crate::log::writer::{LogSpace, Logged};
 use crate::log::{Fsync, Replay, SinkMask, Tracker, record};
@@ -74,6 +75,8 @@ pub struct Pipeline {
 pub struct PipelineLog {
     /// The decision journal; `None` only while a write runs on a blocking thread.
     pub journal: Option<SegmentLog>,
+    /// Reads span records back for the assembler; taken when the pipeline starts.
+    pub records: Option<FrameReader>,
     /// When journal writes are synced.
     pub fsync: Fsync,
     /// Replay floor bookkeeping.
@@ -102,10 +105,9 @@ pub fn normalize(release: Release, config: &MlflowConfig, metrics: &Metrics) -> 
     let info = &mut built.trace.info;
     info.trace_metadata
         .insert(REVISION_KEY.into(), release.revision.to_string());
-    if release.partial() {
+    if let Some(reason) = release.partial_reason() {
         info.tags.insert(PARTIAL_TAG.into(), "true".into());
-        info.tags
-            .insert(PARTIAL_REASON_TAG.into(), release.reason.as_str().into());
+        info.tags.insert(PARTIAL_REASON_TAG.into(), reason.into());
     }
     AssembledTrace::new(release, built)
 }
@@ -154,7 +156,8 @@ impl Pipeline {
     ///
     /// When a sink stopped while the pipeline was running, or the log cannot be read.
     pub async fn run(mut self) -> Result<(), String> {
-        let mut assembler = Assembler::new(self.assemble.clone());
+        let records = self.log.records.take().expect("the pipeline runs once");
+        let mut assembler = Assembler::new(self.assemble.clone(), Box::new(records));
         let mut chain = self.chain();
         let normalizer = Normalizer {
             mlflow: self.mlflow.clone(),

@@ -237,6 +237,7 @@ mod tests {
             groups: split.traces[0].encoded(),
             experiment: None,
             first_position: 0,
+            unreadable_spans: 0,
         }
     }
 
