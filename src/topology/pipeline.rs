@@ -191,13 +191,14 @@ impl Pipeline {
                         turn.note(&mut assembler, &mut released, next);
                     }
                 }
-                () = sleep_until(deadline) => {
-                    assembler.release_due(Instant::now(), &mut released);
-                    self.assembler_metrics.observe(&assembler, &released);
-                    turn.note(&mut assembler, &mut released, next);
-                }
+                () = sleep_until(deadline) => {}
                 _ = checkpoint.tick() => self.checkpoint().await,
             }
+            // Every turn, not only when the input is idle: under sustained load the input is
+            // always ready, and releases would wait until memory ran out.
+            assembler.release_due(Instant::now(), &mut released);
+            self.assembler_metrics.observe(&assembler, &released);
+            turn.note(&mut assembler, &mut released, next);
             self.relieve_log(&mut assembler, &mut released);
             turn.note(&mut assembler, &mut released, next);
             if self.stages.has_changed().unwrap_or(false) {
