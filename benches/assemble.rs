@@ -83,6 +83,7 @@ fn logged(i: usize, batch: &SpanBatch) -> Vec<LoggedTrace> {
         .map(|(r, t)| LoggedTrace {
             position: (i * TRACES) as u64 + t,
             spans: r.spans,
+            digests: r.digests,
         })
         .collect()
 }

@@ -248,19 +248,33 @@ pub struct LoggedTrace {
     pub position: u64,
     /// Each span's `Span` message.
     pub spans: Vec<Bytes>,
+    /// Each span's [`span_digest`].
+    pub digests: Vec<u64>,
 }
 
 impl LoggedTrace {
     /// `trace`'s spans where they already are, for records read back (replay) rather than
     /// written: replay reads them out of the record.
     pub fn of(position: u64, trace: &TraceSpans) -> Self {
-        let spans = trace
+        let spans: Vec<Bytes> = trace
             .groups
             .iter()
             .flat_map(|g| g.spans.iter().map(|s| s.encoded.clone()))
             .collect();
-        Self { position, spans }
+        let digests = spans.iter().map(|s| span_digest(s)).collect();
+        Self {
+            position,
+            spans,
+            digests,
+        }
     }
+}
+
+/// A digest of a span's encoding, by which the assembler tells a re-sent identical copy of a
+/// released span (equal) from a changed one (different, but for a 2^-64 chance) without keeping
+/// the span.
+pub fn span_digest(encoded: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(encoded)
 }
 
 /// One accepted OTLP request: its metadata and its valid spans, split by trace id.

@@ -143,10 +143,12 @@ impl Records for crate::log::reader::FrameReader {
     }
 }
 
-/// A span not yet released: its encoding, sliced from its record, and where that record is.
+/// A span not yet released: its encoding, sliced from its record, its digest, and where that
+/// record is.
 struct Held {
     origin: Arc<Origin>,
     blob: Bytes,
+    digest: u64,
     position: u64,
 }
 
@@ -288,13 +290,13 @@ impl Assembler {
         let mut origins: HashMap<*const Origin, Arc<Origin>> = HashMap::new();
         for (trace, logged) in batch.traces.iter().zip(logged) {
             let experiment = batch.meta.experiment_id.clone();
-            let mut blobs = logged.spans.iter();
+            let mut blobs = logged.spans.iter().zip(&logged.digests);
             for group in &trace.groups {
                 let origin = origins
                     .entry(Arc::as_ptr(&group.origin))
                     .or_insert_with(|| Arc::new(detach(&group.origin)));
                 for span in &group.spans {
-                    let blob = blobs.next().expect("one encoding per span");
+                    let blob = blobs.next().expect("one encoding and digest per span");
                     self.add(
                         (trace.trace_id, logged.position),
                         &Arc::clone(origin),
@@ -321,7 +323,7 @@ impl Assembler {
         &mut self,
         (trace_id, position): (TraceId, u64),
         origin: &Arc<Origin>,
-        (span, blob): (&ArrivedSpan, &Bytes),
+        (span, (blob, &digest)): (&ArrivedSpan, (&Bytes, &u64)),
         experiment: Option<Arc<str>>,
         now: Instant,
     ) {
@@ -351,7 +353,7 @@ impl Assembler {
             .binary_search_by_key(&span_id, |&(id, _)| id);
         let duplicate = match state.fresh.get(&span_id) {
             Some(held) => held.blob == blob,
-            None => released.is_ok_and(|i| state.released_spans[i].1 == digest(blob)),
+            None => released.is_ok_and(|i| state.released_spans[i].1 == digest),
         };
         if duplicate {
             self.counts.duplicate_spans += 1;
@@ -374,6 +376,7 @@ impl Assembler {
         let held = Held {
             origin: Arc::clone(origin),
             blob: blob.clone(),
+            digest,
             position,
         };
         match state.fresh.insert(span_id, held) {
@@ -566,7 +569,7 @@ impl TraceState {
         let first_new = self.records.len();
         // Taken, not drained: a drained map would keep its capacity for as long as the trace.
         for (id, held) in std::mem::take(&mut self.fresh) {
-            let entry = (id, digest(&held.blob));
+            let entry = (id, held.digest);
             match self.released_spans.binary_search_by_key(&id, |&(id, _)| id) {
                 Ok(i) => self.released_spans[i] = entry,
                 Err(i) => self.released_spans.insert(i, entry),
@@ -635,12 +638,6 @@ fn groups<'a>(spans: impl Iterator<Item = (&'a Arc<Origin>, &'a Bytes)>) -> Vec<
         }
     }
     groups
-}
-
-/// A digest of a span's encoding: equal for a re-sent identical copy, different (but for a
-/// 2^-64 chance) for a changed one.
-fn digest(blob: &[u8]) -> u64 {
-    twox_hash::XxHash3_64::oneshot(blob)
 }
 
 /// Released traces with nothing new since, in release order, and the bytes they hold.

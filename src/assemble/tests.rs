@@ -99,6 +99,7 @@ fn logged(b: &SpanBatch) -> Vec<LoggedTrace> {
             LoggedTrace {
                 position,
                 spans: r.spans,
+                digests: r.digests,
             }
         })
         .collect()

@@ -10,7 +10,9 @@ use prost::Message;
 use prost::encoding;
 
 use super::proto::{self, SpanRecordHead};
-use crate::model::{ArrivedGroup, Protocol, ReceiveMeta, SpanBatch, TraceId, TraceSpans};
+use crate::model::{
+    ArrivedGroup, Protocol, ReceiveMeta, SpanBatch, TraceId, TraceSpans, span_digest,
+};
 use crate::otlp::wire::{self, WireError};
 use crate::receive::validate::{self, SpanError};
 
@@ -23,6 +25,8 @@ pub struct Encoded {
     pub bytes: Bytes,
     /// Each span's `Span` message, a slice of `bytes`.
     pub spans: Vec<Bytes>,
+    /// Each span's [`span_digest`], taken while its bytes are in the caches.
+    pub digests: Vec<u64>,
 }
 
 /// The encoded records of `batch`, one per trace, in the batch's order.
@@ -53,8 +57,10 @@ pub fn encode(batch: &SpanBatch) -> Vec<Encoded> {
             let mut buf = Vec::with_capacity(capacity);
             put_bytes(1, &trace.trace_id.0, &mut buf);
             let mut ranges = Vec::with_capacity(trace.span_count());
+            let mut digests = Vec::with_capacity(trace.span_count());
             for (group, lens) in trace.groups.iter().zip(&lens) {
                 encode_group(group, lens, &mut buf, &mut ranges);
+                digests.extend(group.spans.iter().map(|s| span_digest(&s.encoded)));
             }
             put_bytes(3, meta.receiver.as_bytes(), &mut buf);
             encoding::int32::encode(4, &protocol, &mut buf);
@@ -67,7 +73,11 @@ pub fn encode(batch: &SpanBatch) -> Vec<Encoded> {
             }
             let bytes = Bytes::from(buf);
             let spans = ranges.into_iter().map(|r| bytes.slice(r)).collect();
-            Encoded { bytes, spans }
+            Encoded {
+                bytes,
+                spans,
+                digests,
+            }
         })
         .collect()
 }

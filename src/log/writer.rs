@@ -215,6 +215,7 @@ impl Writer {
                 .map(|(position, record)| LoggedTrace {
                     position,
                     spans: record.spans,
+                    digests: record.digests,
                 })
                 .collect();
             logged.push(Logged {
