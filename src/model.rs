@@ -114,6 +114,24 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A copy whose fields own their bytes, so that holding it does not keep the whole request
+    /// it came from in memory.
+    pub fn detached(&self) -> Self {
+        use prost::Message;
+        fn own<M: Message + Default>(m: &Option<M>) -> Option<M> {
+            m.as_ref().map(|m| {
+                M::decode(Bytes::from(m.encode_to_vec()))
+                    .expect("re-decoding a message just encoded")
+            })
+        }
+        Self {
+            resource: own(&self.resource),
+            resource_schema_url: Bytes::copy_from_slice(&self.resource_schema_url),
+            scope: own(&self.scope),
+            scope_schema_url: Bytes::copy_from_slice(&self.scope_schema_url),
+        }
+    }
+
     /// A string resource attribute (`service.name`, `mlflow.experimentId`), if present.
     pub fn resource_str(&self, key: &str) -> Option<String> {
         self.resource

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
-use prost::Message;
 use tracing::warn;
 
 use super::config::AssembleConfig;
@@ -286,20 +285,15 @@ impl Assembler {
         mut out: Option<&mut Vec<Release>>,
     ) {
         debug_assert_eq!(logged.len(), batch.traces.len());
-        // Private copies of the request's origins, shared by every trace of the batch.
-        let mut origins: HashMap<*const Origin, Arc<Origin>> = HashMap::new();
         for (trace, logged) in batch.traces.iter().zip(logged) {
             let experiment = batch.meta.experiment_id.clone();
             let mut blobs = logged.spans.iter().zip(&logged.digests);
             for group in &trace.groups {
-                let origin = origins
-                    .entry(Arc::as_ptr(&group.origin))
-                    .or_insert_with(|| Arc::new(detach(&group.origin)));
                 for span in &group.spans {
                     let blob = blobs.next().expect("one encoding and digest per span");
                     self.add(
                         (trace.trace_id, logged.position),
-                        &Arc::clone(origin),
+                        &group.origin,
                         (span, blob),
                         experiment.clone(),
                         now,
@@ -664,22 +658,6 @@ impl Retained {
 
     fn oldest(&self) -> Option<TraceId> {
         self.traces.first().map(|&(_, trace_id)| trace_id)
-    }
-}
-
-/// A copy of `origin` whose fields own their bytes, so that holding it does not keep the whole
-/// request it came from in memory.
-fn detach(origin: &Origin) -> Origin {
-    fn own<M: Message + Default>(m: &Option<M>) -> Option<M> {
-        m.as_ref().map(|m| {
-            M::decode(Bytes::from(m.encode_to_vec())).expect("re-decoding a message just encoded")
-        })
-    }
-    Origin {
-        resource: own(&origin.resource),
-        resource_schema_url: Bytes::copy_from_slice(&origin.resource_schema_url),
-        scope: own(&origin.scope),
-        scope_schema_url: Bytes::copy_from_slice(&origin.scope_schema_url),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Span records: one trace's spans from one request, as the ingest log stores them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -11,7 +12,7 @@ use prost::encoding;
 
 use super::proto::{self, SpanRecordHead};
 use crate::model::{
-    ArrivedGroup, Protocol, ReceiveMeta, SpanBatch, TraceId, TraceSpans, span_digest,
+    ArrivedGroup, Origin, Protocol, ReceiveMeta, SpanBatch, TraceId, TraceSpans, span_digest,
 };
 use crate::otlp::wire::{self, WireError};
 use crate::receive::validate::{self, SpanError};
@@ -80,6 +81,28 @@ pub fn encode(batch: &SpanBatch) -> Vec<Encoded> {
             }
         })
         .collect()
+}
+
+/// Re-points `batch`'s spans at their copies in `records` (its [`encode`]d records) and gives it
+/// private copies of its origins: nothing in it slices the request body any more, so the body is
+/// freed as soon as the receiver is done with it instead of staying pinned, beside the records,
+/// in the log's and the pipeline's queues.
+pub fn rebase(batch: &mut SpanBatch, records: &[Encoded]) {
+    // The request's origins, old and detached: the old ones are kept until the end so that no
+    // address in the map is freed and reused meanwhile.
+    let mut origins: HashMap<*const Origin, (Arc<Origin>, Arc<Origin>)> = HashMap::new();
+    for (trace, record) in batch.traces.iter_mut().zip(records) {
+        let mut copies = record.spans.iter();
+        for group in &mut trace.groups {
+            let (_, detached) = origins
+                .entry(Arc::as_ptr(&group.origin))
+                .or_insert_with(|| (Arc::clone(&group.origin), Arc::new(group.origin.detached())));
+            group.origin = Arc::clone(detached);
+            for span in &mut group.spans {
+                span.encoded = copies.next().expect("one copy per span").clone();
+            }
+        }
+    }
 }
 
 /// Encoded lengths of a group as one `ResourceSpans` holding one `ScopeSpans`.
@@ -249,6 +272,38 @@ mod tests {
     use crate::model::Origin;
     use crate::otlp::Span;
     use crate::testkit;
+
+    #[test]
+    fn a_rebased_batch_slices_its_records_not_the_request() {
+        let body = Bytes::from(testkit::request(1, 3, 4, 100).encode_to_vec());
+        let blocks = crate::receive::decode::decode_protobuf(&body).unwrap();
+        let mut batch = SpanBatch {
+            traces: crate::receive::validate::split_by_trace(blocks, Vec::new()).traces,
+            ..testkit::batch(1, 1, 1, 0)
+        };
+        let within = |b: &[u8], of: &[u8]| of.as_ptr_range().contains(&b.as_ptr());
+        let key = |o: &Origin| o.resource.as_ref().unwrap().attributes[0].key.clone();
+        let first = &batch.traces[0].groups[0];
+        assert!(within(&first.spans[0].encoded, &body) && within(&key(&first.origin), &body));
+
+        let records = encode(&batch);
+        let before = batch.clone();
+        rebase(&mut batch, &records);
+        assert_eq!(batch, before, "the same spans and origins");
+        for (trace, record) in batch.traces.iter().zip(&records) {
+            for group in &trace.groups {
+                assert!(!within(&key(&group.origin), &body));
+                for span in &group.spans {
+                    assert!(within(&span.encoded, &record.bytes));
+                }
+            }
+        }
+        let origin = |t: usize| &batch.traces[t].groups[0].origin;
+        assert!(
+            Arc::ptr_eq(origin(0), origin(2)),
+            "the traces of a request still share its origin"
+        );
+    }
 
     #[test]
     fn a_batch_round_trips_one_record_per_trace() {

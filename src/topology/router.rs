@@ -146,9 +146,12 @@ impl Ingest for Router {
                 .get(&*batch.meta.receiver)
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            // Encoded once, here on the receiver's task, for every pipeline's log.
-            let records = Arc::new(crate::log::record::encode(&batch));
-            let batch = Arc::new(batch);
+            // Encoded once, here on the receiver's task, for every pipeline's log; from here on
+            // the batch's spans are the records' copies.
+            let mut batch = batch;
+            let records = crate::log::record::encode(&batch);
+            crate::log::record::rebase(&mut batch, &records);
+            let (batch, records) = (Arc::new(batch), Arc::new(records));
             let mut taken = vec![false; batch.traces.len()];
             let mut appended = Vec::with_capacity(targets.len());
             for route in targets {
