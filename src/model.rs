@@ -258,33 +258,23 @@ impl TraceSpans {
 }
 
 /// Where one trace of a batch sits in the ingest log: its record's position, and each span's
-/// encoding (in the order of the trace's groups and spans), sliced from the record. The
-/// assembler holds these slices, which pin only the record, not the whole request.
+/// [`span_digest`] (in the order of the trace's groups and spans). The batch's spans are slices
+/// of that record ([`crate::log::record::rebase`]; replay reads them out of it), so the
+/// assembler holds them without pinning the whole request.
 #[derive(Clone, Debug)]
 pub struct LoggedTrace {
     /// The record's position in the log.
     pub position: u64,
-    /// Each span's `Span` message.
-    pub spans: Vec<Bytes>,
     /// Each span's [`span_digest`].
     pub digests: Vec<u64>,
 }
 
 impl LoggedTrace {
-    /// `trace`'s spans where they already are, for records read back (replay) rather than
-    /// written: replay reads them out of the record.
+    /// `trace`, read back from its record at `position` (replay) rather than written.
     pub fn of(position: u64, trace: &TraceSpans) -> Self {
-        let spans: Vec<Bytes> = trace
-            .groups
-            .iter()
-            .flat_map(|g| g.spans.iter().map(|s| s.encoded.clone()))
-            .collect();
-        let digests = spans.iter().map(|s| span_digest(s)).collect();
-        Self {
-            position,
-            spans,
-            digests,
-        }
+        let spans = trace.groups.iter().flat_map(|g| &g.spans);
+        let digests = spans.map(|s| span_digest(&s.encoded)).collect();
+        Self { position, digests }
     }
 }
 

@@ -287,14 +287,14 @@ impl Assembler {
         debug_assert_eq!(logged.len(), batch.traces.len());
         for (trace, logged) in batch.traces.iter().zip(logged) {
             let experiment = batch.meta.experiment_id.clone();
-            let mut blobs = logged.spans.iter().zip(&logged.digests);
+            let mut digests = logged.digests.iter();
             for group in &trace.groups {
                 for span in &group.spans {
-                    let blob = blobs.next().expect("one encoding and digest per span");
+                    let digest = *digests.next().expect("one digest per span");
                     self.add(
                         (trace.trace_id, logged.position),
                         &group.origin,
-                        (span, blob),
+                        (span, digest),
                         experiment.clone(),
                         now,
                     );
@@ -317,11 +317,11 @@ impl Assembler {
         &mut self,
         (trace_id, position): (TraceId, u64),
         origin: &Arc<Origin>,
-        (span, (blob, &digest)): (&ArrivedSpan, (&Bytes, &u64)),
+        (span, digest): (&ArrivedSpan, u64),
         experiment: Option<Arc<str>>,
         now: Instant,
     ) {
-        let span_id = span.span_id;
+        let (span_id, blob) = (span.span_id, &span.encoded);
         let state = self.traces.entry(trace_id).or_insert_with(|| {
             self.by_age.insert((position, trace_id));
             TraceState {

@@ -63,16 +63,12 @@ pub struct Logged {
 }
 
 impl Logged {
-    /// Memory it holds, for the queue bound: the decoded request and the records its span
-    /// slices keep alive.
+    /// Its charge against the queue bound: twice the decoded request, what it held when its
+    /// spans sliced the request body beside the records. The body is now freed once the records
+    /// exist, so a full queue holds about half that; the charge is kept so that the queues hold
+    /// as many requests as their defaults were measured with.
     pub fn bytes(&self) -> usize {
-        let records: usize = self
-            .traces
-            .iter()
-            .flat_map(|t| &t.spans)
-            .map(bytes::Bytes::len)
-            .sum();
-        self.batch.encoded_bytes + records
+        2 * self.batch.encoded_bytes
     }
 }
 
@@ -214,7 +210,6 @@ impl Writer {
                 .zip(records)
                 .map(|(position, record)| LoggedTrace {
                     position,
-                    spans: record.spans,
                     digests: record.digests,
                 })
                 .collect();
