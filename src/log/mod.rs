@@ -16,8 +16,9 @@
 //! revisions. Sinks record what they made durable in their manifests. The checkpoint moves to the
 //! oldest record still needed by a held trace (open, or released and within its late-span
 //! window: its next revision reads its records back, reader.rs) or an unfinished revision, and
-//! whole segments before it are deleted. At start ([`open`]) damaged tails are cut and reported, and [`Replay`]
-//! rebuilds the assembler and re-sends each revision to exactly the sinks whose manifest lacks it.
+//! whole segments before it are deleted. At start ([`open`]) damaged tails are cut and reported,
+//! and [`Replay`] rebuilds the assembler and re-sends each revision to exactly the sinks whose
+//! manifest lacks it.
 
 pub mod commit;
 pub mod config;

@@ -197,9 +197,8 @@ impl Pipeline {
             // Every turn, not only when the input is idle: under sustained load the input is
             // always ready, and releases would wait until memory ran out.
             assembler.release_due(Instant::now(), &mut released);
-            self.assembler_metrics.observe(&assembler, &released);
-            turn.note(&mut assembler, &mut released, next);
             self.relieve_log(&mut assembler, &mut released);
+            self.assembler_metrics.observe(&assembler, &released);
             turn.note(&mut assembler, &mut released, next);
             if self.stages.has_changed().unwrap_or(false) {
                 chain = self.chain();
@@ -335,7 +334,7 @@ impl Pipeline {
     /// When the span-record log passes three quarters of `max_log_bytes` and what pins its
     /// oldest records is the assembler (not a sink that is behind), releases the traces holding
     /// the oldest half early (flagged `log_space`), so the log never fills while sinks keep up.
-    fn relieve_log(&mut self, assembler: &mut Assembler, released: &mut Vec<Release>) {
+    fn relieve_log(&self, assembler: &mut Assembler, released: &mut Vec<Release>) {
         let max = self.log.max_bytes;
         if self.log.space.bytes.load(Ordering::Relaxed) <= max / 4 * 3 {
             return;
@@ -350,7 +349,6 @@ impl Pipeline {
             return; // a sink is behind: releasing early would not free the log
         }
         assembler.release_before(target, Instant::now(), released);
-        self.assembler_metrics.observe(assembler, released);
     }
 
     /// Rebuilds the assembler from the log and re-sends unfinished revisions to the sinks that
