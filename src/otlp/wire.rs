@@ -396,15 +396,43 @@ impl<'a> Reader<'a> {
     }
 
     /// The next field's tag and wire type, `None` at the end.
+    #[inline]
     pub(super) fn key(&mut self) -> Result<Option<(u32, WireType)>, Fault> {
-        if self.rest.is_empty() {
+        let Some(&first) = self.rest.first() else {
             return Ok(None);
+        };
+        // Every OTLP field number is below 16, so its key is one byte: read it here, and leave
+        // longer keys and the invalid ones (tag 0, wire types 6 and 7) to prost and its errors.
+        let wire_type = match first & 7 {
+            0 => WireType::Varint,
+            1 => WireType::SixtyFourBit,
+            2 => WireType::LengthDelimited,
+            3 => WireType::StartGroup,
+            4 => WireType::EndGroup,
+            5 => WireType::ThirtyTwoBit,
+            _ => return self.long_key(),
+        };
+        if first >= 0x80 || first < 8 {
+            return self.long_key();
         }
+        self.rest = &self.rest[1..];
+        Ok(Some((u32::from(first >> 3), wire_type)))
+    }
+
+    #[cold]
+    fn long_key(&mut self) -> Result<Option<(u32, WireType)>, Fault> {
         decode_key(&mut self.rest).map(Some).map_err(Fault::Prost)
     }
 
+    #[inline]
     pub(super) fn varint(&mut self) -> Result<u64, Fault> {
-        decode_varint(&mut self.rest).map_err(Fault::Prost)
+        match self.rest.first() {
+            Some(&b) if b < 0x80 => {
+                self.rest = &self.rest[1..];
+                Ok(u64::from(b))
+            }
+            _ => decode_varint(&mut self.rest).map_err(Fault::Prost),
+        }
     }
 
     fn take(&mut self, len: usize) -> Result<&'a [u8], Fault> {
@@ -834,6 +862,28 @@ mod tests {
             .flat_map(|b| b.scopes.iter().map(|s| s.spans.len()))
             .collect();
         assert_eq!(spans, vec![2, 1, 2]);
+    }
+
+    /// The one-byte key fast path hands prost every key it does not read itself: tag 0, wire
+    /// types 6 and 7, and field numbers from 16 (two-byte keys), at the start and the end.
+    #[test]
+    fn odd_keys_read_as_prost_decodes_them() {
+        let span = rich_request().encode_to_vec();
+        for key in [
+            [0x00, 0x01],
+            [0x06, 0x01],
+            [0x0f, 0x01],
+            [0x80, 0x01],
+            [0x82, 0x01],
+        ] {
+            let mut buf = key.to_vec();
+            buf.extend_from_slice(&span);
+            reads_as_prost_decodes(&buf).unwrap();
+            let mut buf = span.clone();
+            buf.extend_from_slice(&key);
+            buf.push(0);
+            reads_as_prost_decodes(&buf).unwrap();
+        }
     }
 
     fn field(tag: u32, wire_type: WireType, payload: &[u8], buf: &mut Vec<u8>) {
