@@ -9,10 +9,14 @@ pub const MAX_PREVIEW_CHARS: usize = 1000;
 
 /// Cuts `s` to `max` characters (Unicode scalar values, like Python's `len`), ending in `...`.
 pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
+    // A string of no more bytes than `max` has no more characters either.
+    if s.len() <= max || s.chars().count() <= max {
         return s.to_string();
     }
-    let mut out: String = s.chars().take(max.saturating_sub(3)).collect();
+    let keep = max.saturating_sub(3);
+    let cut = s.char_indices().nth(keep).map_or(s.len(), |(at, _)| at);
+    let mut out = String::with_capacity(cut + 3);
+    out.push_str(&s[..cut]);
     out.push_str("...");
     out
 }
@@ -139,5 +143,9 @@ mod tests {
         assert!(p.ends_with("..."));
         assert_eq!(truncate("abcdef", 5), "ab...");
         assert_eq!(truncate("abcde", 5), "abcde");
+        // Characters, not bytes: five two-byte characters fit in five.
+        assert_eq!(truncate("ééééé", 5), "ééééé");
+        assert_eq!(truncate("éééééé", 5), "éé...");
+        assert_eq!(truncate("日本語のテキスト", 4), "日...");
     }
 }
