@@ -412,7 +412,7 @@ impl<'a> Reader<'a> {
             5 => WireType::ThirtyTwoBit,
             _ => return self.long_key(),
         };
-        if first >= 0x80 || first < 8 {
+        if !(8..0x80).contains(&first) {
             return self.long_key();
         }
         self.rest = &self.rest[1..];
