@@ -1,10 +1,9 @@
 //! Span records: one trace's spans from one request, as the ingest log stores them.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
-
-use std::ops::Range;
 
 use bytes::Bytes;
 use prost::Message;
@@ -17,15 +16,15 @@ use crate::model::{
 use crate::otlp::wire::{self, WireError};
 use crate::receive::validate::{self, SpanError};
 
-/// One trace's record as the ingest log stores it, and each span's encoding sliced out of it
-/// (in the order of the trace's groups and spans). The assembler holds those slices, so a span
-/// is encoded once on its way in, not once for the log and again for the assembler.
+/// One trace's record as the ingest log stores it, and where each span's encoding lies in it
+/// (in the order of the trace's groups and spans). [`rebase`] points the batch's spans there, so
+/// a span is copied once on its way in, not once for the log and again for the assembler.
 #[derive(Clone, Debug)]
 pub struct Encoded {
     /// The `SpanRecord` message.
     pub bytes: Bytes,
-    /// Each span's `Span` message, a slice of `bytes`.
-    pub spans: Vec<Bytes>,
+    /// Where each span's `Span` message lies in `bytes`.
+    span_ranges: Vec<Range<usize>>,
     /// Each span's [`span_digest`], taken while its bytes are in the caches.
     pub digests: Vec<u64>,
 }
@@ -72,15 +71,20 @@ pub fn encode(batch: &SpanBatch) -> Vec<Encoded> {
                 delimit(6, experiment.len(), &mut buf);
                 buf.extend_from_slice(experiment);
             }
-            let bytes = Bytes::from(buf);
-            let spans = ranges.into_iter().map(|r| bytes.slice(r)).collect();
             Encoded {
-                bytes,
-                spans,
+                bytes: Bytes::from(buf),
+                span_ranges: ranges,
                 digests,
             }
         })
         .collect()
+}
+
+impl Encoded {
+    /// Each span's `Span` message, a slice of the record.
+    pub fn spans(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.span_ranges.iter().map(|r| self.bytes.slice(r.clone()))
+    }
 }
 
 /// Re-points `batch`'s spans at their copies in `records` (its [`encode`]d records) and gives it
@@ -92,14 +96,14 @@ pub fn rebase(batch: &mut SpanBatch, records: &[Encoded]) {
     // address in the map is freed and reused meanwhile.
     let mut origins: HashMap<*const Origin, (Arc<Origin>, Arc<Origin>)> = HashMap::new();
     for (trace, record) in batch.traces.iter_mut().zip(records) {
-        let mut copies = record.spans.iter();
+        let mut copies = record.spans();
         for group in &mut trace.groups {
             let (_, detached) = origins
                 .entry(Arc::as_ptr(&group.origin))
                 .or_insert_with(|| (Arc::clone(&group.origin), Arc::new(group.origin.detached())));
             group.origin = Arc::clone(detached);
             for span in &mut group.spans {
-                span.encoded = copies.next().expect("one copy per span").clone();
+                span.encoded = copies.next().expect("one copy per span");
             }
         }
     }
@@ -334,7 +338,7 @@ mod tests {
         arrived.extend_from_slice(&[0x98, 0x06, 0x01]);
         span.encoded = Bytes::from(arrived.clone());
         let records = encode(&batch);
-        assert_eq!(records[0].spans[1], arrived);
+        assert_eq!(records[0].spans().nth(1).unwrap(), arrived);
         let back = decode(&records[0].bytes).unwrap();
         assert_eq!(
             back.traces[0].groups[0].spans[1].encoded, arrived,
@@ -386,9 +390,9 @@ mod tests {
         for (record, trace) in encode(&batch).iter().zip(&batch.traces) {
             assert_eq!(record.bytes[..], prost_record(&batch, trace)[..]);
             let spans: Vec<Span> = trace.decode().into_iter().flat_map(|g| g.spans).collect();
-            assert_eq!(record.spans.len(), spans.len());
-            for (slice, span) in record.spans.iter().zip(spans) {
-                assert_eq!(Span::decode(slice.clone()).unwrap(), span);
+            assert_eq!(record.spans().count(), spans.len());
+            for (slice, span) in record.spans().zip(spans) {
+                assert_eq!(Span::decode(slice).unwrap(), span);
             }
         }
     }
