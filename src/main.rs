@@ -121,12 +121,14 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Handlers go in before the listeners open: a SIGTERM that arrives once the "listening"
+        // lines are out (a replay may still be running) must drain, not kill the process.
+        let shutdown = shutdown_signal()?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
         let metrics = Arc::new(Metrics::new());
         let mut running = traceloom::topology::start(&config, metrics).await?;
-        let mut hangup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
         let mut poll = tokio::time::interval(CONFIG_POLL);
         let mut last = config_path.as_deref().map(std::fs::read);
-        let shutdown = shutdown_signal();
         tokio::pin!(shutdown);
         loop {
             let trigger = tokio::select! {
@@ -185,11 +187,14 @@ fn reload(running: &mut traceloom::topology::Running, path: Option<&Path>, trigg
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    let mut term =
-        signal(SignalKind::terminate()).expect("installing a SIGTERM handler succeeds on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves to the first signal's name.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'static str>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot install a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }

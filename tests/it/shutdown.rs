@@ -111,3 +111,25 @@ async fn sigterm_drains_everything_accepted_and_exits_zero() {
         "no completion log in {logs:?}"
     );
 }
+
+#[test]
+fn sigterm_as_soon_as_the_listeners_open_still_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pipeline.yaml");
+    let yaml = pipeline_yaml(
+        &Settings::default(),
+        &dir.path().join("out.jsonl"),
+        &dir.path().join("lake"),
+        &dir.path().join("log"),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    // Supervisors send SIGTERM whenever they like; one that lands while start-up is finishing
+    // must drain and exit 0, never take the default action and kill the process.
+    for _ in 0..3 {
+        let mut p = spawn(&config);
+        terminate(&p.child);
+        let status = p.child.wait().unwrap();
+        let logs: Vec<String> = p.stderr.try_iter().collect();
+        assert!(status.success(), "{status}: {}", logs.join("\n"));
+    }
+}
