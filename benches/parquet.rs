@@ -1,7 +1,8 @@
 //! Parquet encoding throughput on one core, in spans per second: 8-span GenAI traces (~1 KiB of
 //! chat messages per span), normalized to MLflow, then encoded into both tables (arrow columns,
-//! zstd level 1, in memory) with `trace_json` on (the default) and off. Prints the encoded bytes
-//! per span once for each.
+//! zstd level 1, in memory) with `trace_json` on (the default) and off, and once more with
+//! `trace_json` but no compression, which tells zstd's share. Prints the encoded bytes per span
+//! once for each.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,29 +44,32 @@ fn encode_files(
     size + file.finish().size()
 }
 
-fn parquet(c: &mut Criterion) {
-    let input = traces();
-    let settings = FileSettings {
-        traces: properties("traces", Codec::Zstd, None).unwrap(),
-        spans: properties("spans", Codec::Zstd, None).unwrap(),
+fn settings(codec: Codec) -> FileSettings {
+    FileSettings {
+        traces: properties("traces", codec, None).unwrap(),
+        spans: properties("spans", codec, None).unwrap(),
         row_group_bytes: 32 << 20,
         file_bytes: 128 << 20,
-    };
+    }
+}
+
+fn parquet(c: &mut Criterion) {
+    let input = traces();
     let spans = TRACES * SPANS_PER_TRACE;
     let mut group = c.benchmark_group("parquet");
     group.throughput(Throughput::Elements(spans as u64));
-    for trace_json in [true, false] {
+    for (name, trace_json, codec) in [
+        ("encode/trace_json", true, Codec::Zstd),
+        ("encode/no_trace_json", false, Codec::Zstd),
+        ("encode/trace_json_uncompressed", true, Codec::None),
+    ] {
+        let settings = settings(codec);
         let batches = 200;
         let size = encode_files(&input, trace_json, &settings, batches);
         println!(
-            "trace_json={trace_json}: {:.0} bytes per span on disk",
+            "{name}: {:.0} bytes per span on disk",
             size as f64 / (spans as u64 * batches) as f64
         );
-        let name = if trace_json {
-            "encode/trace_json"
-        } else {
-            "encode/no_trace_json"
-        };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
