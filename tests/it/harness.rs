@@ -86,7 +86,9 @@ impl Default for Settings {
         Self {
             max_body_size: "16MiB",
             queue_bytes: "64MiB",
-            admission_timeout: "500ms",
+            // Long enough that a disk stalled by another test's writes (an fsync waiting behind
+            // their writeback) is not mistaken for back-pressure; tests of back-pressure set theirs.
+            admission_timeout: "5s",
             sink_path: None,
             cors_origin: None,
             format: "otlp",

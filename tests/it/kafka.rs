@@ -332,6 +332,7 @@ async fn a_broker_that_starts_late_gets_everything_while_receivers_push_back() {
     let c = Collector::start_with(Settings {
         extra_sinks: kafka_sink(&address, "late", CREATE),
         queue_bytes: "256KiB",
+        admission_timeout: "500ms",
         max_in_flight_bytes: "512KiB",
         ..Settings::default()
     })

@@ -308,6 +308,7 @@ async fn a_full_or_read_only_disk_pushes_back_and_loses_nothing_once_it_clears()
         parquet_file_age: Some("100ms"),
         lake_path: Some(lake.clone()),
         queue_bytes: "1MiB",
+        admission_timeout: "500ms",
         ..Settings::default()
     })
     .await;

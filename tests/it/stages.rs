@@ -201,6 +201,7 @@ async fn a_stopped_broker_slows_only_kafka_until_its_queue_fills_then_both_get_e
         ),
         parquet_file_age: Some("200ms"),
         queue_bytes: "256KiB",
+        admission_timeout: "500ms",
         max_in_flight_bytes: "512KiB",
         ..Settings::default()
     })
