@@ -54,6 +54,19 @@ pub fn spawn(config: &std::path::Path) -> Process {
     }
 }
 
+/// Writes the harness's default pipeline, its debug sink writing to `out`, into `dir`.
+fn default_config(dir: &std::path::Path, out: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("pipeline.yaml");
+    let yaml = pipeline_yaml(
+        &Settings::default(),
+        out,
+        &dir.join("lake"),
+        &dir.join("log"),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
 /// Sends SIGTERM to the process.
 pub fn terminate(child: &Child) {
     let ok = Command::new("kill")
@@ -68,14 +81,7 @@ async fn sigterm_drains_everything_accepted_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("sink.fifo");
     let (go, delivered) = fifo_reader(&fifo);
-    let config = dir.path().join("pipeline.yaml");
-    let yaml = pipeline_yaml(
-        &Settings::default(),
-        &fifo,
-        &dir.path().join("lake"),
-        &dir.path().join("log"),
-    );
-    std::fs::write(&config, yaml).unwrap();
+    let config = default_config(dir.path(), &fifo);
     let mut p = spawn(&config);
     let client = reqwest::Client::new();
     let mut accepted = 0;
@@ -115,14 +121,7 @@ async fn sigterm_drains_everything_accepted_and_exits_zero() {
 #[test]
 fn sigterm_as_soon_as_the_listeners_open_still_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pipeline.yaml");
-    let yaml = pipeline_yaml(
-        &Settings::default(),
-        &dir.path().join("out.jsonl"),
-        &dir.path().join("lake"),
-        &dir.path().join("log"),
-    );
-    std::fs::write(&config, yaml).unwrap();
+    let config = default_config(dir.path(), &dir.path().join("out.jsonl"));
     // Supervisors send SIGTERM whenever they like; one that lands while start-up is finishing
     // must drain and exit 0, never take the default action and kill the process.
     for _ in 0..3 {
