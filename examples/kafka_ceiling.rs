@@ -34,6 +34,9 @@ struct Args {
     /// `compression`, as in the pipeline file.
     #[arg(long, default_value = "zstd")]
     compression: String,
+    /// `compression_level`, as in the pipeline file (the codec's default when absent).
+    #[arg(long)]
+    compression_level: Option<i32>,
     /// Messages (one 8-span trace each) to send.
     #[arg(long, default_value_t = 40_000)]
     traces: usize,
@@ -52,7 +55,11 @@ impl ProducerContext for Count {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let counter = if result.is_ok() { &self.ok } else { &self.failed };
+        let counter = if result.is_ok() {
+            &self.ok
+        } else {
+            &self.failed
+        };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -76,11 +83,12 @@ fn cpu_seconds() -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let topic_name = format!("ceiling-{}", std::process::id());
-    let config: KafkaConfig = serde_saphyr::from_str(&format!(
+    let mut config: KafkaConfig = serde_saphyr::from_str(&format!(
         "{{brokers: '{}', topic: {topic_name}, encoding: {}, compression: {}, \
          create_topic: {{partitions: 6}}}}",
         args.brokers, args.encoding, args.compression
     ))?;
+    config.compression_level = args.compression_level;
     let client = config.client_config()?;
     topic::prepare(&client, &topic_name, config.create_topic.as_ref()).await?;
     let messages: Vec<Message> = testkit::genai_traces(DISTINCT, SPANS_PER_TRACE, 1000)
@@ -92,14 +100,15 @@ async fn main() -> anyhow::Result<()> {
 
     let (start, cpu) = (Instant::now(), cpu_seconds());
     for message in messages.iter().cycle().take(args.traces) {
-        let headers = message
-            .part_headers(0)
-            .fold(OwnedHeaders::new_with_capacity(8), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                })
-            });
+        let headers =
+            message
+                .part_headers(0)
+                .fold(OwnedHeaders::new_with_capacity(8), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                });
         let mut record = BaseRecord::to(&topic_name)
             .key(message.key.as_bytes())
             .payload(&message.parts[0][..])
@@ -118,10 +127,11 @@ async fn main() -> anyhow::Result<()> {
     let failed = context.failed.load(std::sync::atomic::Ordering::Relaxed);
     let spans = (ok * SPANS_PER_TRACE) as f64;
     println!(
-        "{} + {}: {ok} messages acknowledged, {failed} failed, in {wall:.2} s: {:.0} spans/s, \
+        "{} + {} (level {:?}): {ok} messages acknowledged, {failed} failed, in {wall:.2} s: {:.0} spans/s, \
          {:.0} MB/s of values ({} bytes per span); producer CPU {cpu:.2} s = {:.2} us/span",
         args.encoding,
         args.compression,
+        args.compression_level,
         spans / wall,
         (ok * value_bytes / DISTINCT) as f64 / wall / 1e6,
         value_bytes / (DISTINCT * SPANS_PER_TRACE),
