@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::cpu_seconds;
 use rdkafka::ClientContext;
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -19,6 +20,8 @@ use traceloom::sink::kafka::config::KafkaConfig;
 use traceloom::sink::kafka::message::Message;
 use traceloom::sink::kafka::topic;
 use traceloom::testkit;
+
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -67,17 +70,6 @@ impl ProducerContext for Count {
 const SPANS_PER_TRACE: usize = 8;
 /// Distinct traces built; the run cycles through them.
 const DISTINCT: usize = 512;
-
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
