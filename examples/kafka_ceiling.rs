@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use common::cpu_seconds;
 use rdkafka::ClientContext;
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use traceloom::sink::kafka::config::KafkaConfig;
-use traceloom::sink::kafka::message::Message;
+use traceloom::sink::kafka::message::{Message, kafka_headers};
 use traceloom::sink::kafka::topic;
 use traceloom::testkit;
 
@@ -92,19 +92,10 @@ async fn main() -> anyhow::Result<()> {
 
     let (start, cpu) = (Instant::now(), cpu_seconds());
     for message in messages.iter().cycle().take(args.traces) {
-        let headers =
-            message
-                .part_headers(0)
-                .fold(OwnedHeaders::new_with_capacity(8), |h, (key, value)| {
-                    h.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    })
-                });
         let mut record = BaseRecord::to(&topic_name)
             .key(message.key.as_bytes())
             .payload(&message.parts[0][..])
-            .headers(headers);
+            .headers(kafka_headers(message.part_headers(0)));
         // A full local queue is the producer's back-pressure: wait for room, as the sink does.
         while let Err((_, back)) = producer.send(record) {
             record = back;

@@ -9,6 +9,7 @@
 
 use bytes::Bytes;
 use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AssembledTrace, resource_spans};
@@ -123,6 +124,19 @@ impl Message {
             .cloned()
             .chain(numbering.into_iter().flatten())
     }
+}
+
+/// librdkafka headers holding `(name, value)` pairs, in order.
+pub fn kafka_headers(pairs: impl IntoIterator<Item = (&'static str, String)>) -> OwnedHeaders {
+    pairs.into_iter().fold(
+        OwnedHeaders::new_with_capacity(10),
+        |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
 }
 
 /// The value of `trace` in `encoding`.

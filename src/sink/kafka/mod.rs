@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -466,17 +465,11 @@ impl KafkaSink {
             Destination::Topic => None,
             Destination::DeadLetter(reason) => Some(reason),
         };
-        let mut headers = OwnedHeaders::new_with_capacity(10);
-        for (key, value) in out
-            .message
-            .part_headers(tag.part)
-            .chain(reason.map(|r| ("error", r.clone())))
-        {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            });
-        }
+        let headers = message::kafka_headers(
+            out.message
+                .part_headers(tag.part)
+                .chain(reason.map(|r| ("error", r.clone()))),
+        );
         let record = BaseRecord::with_opaque_to(topic, Box::new(tag))
             .key(out.message.key.as_bytes())
             .payload(&out.message.parts[tag.part][..])
