@@ -41,7 +41,8 @@ impl PyValue {
 
     /// `json.dumps(self, ensure_ascii=False)`.
     pub fn dumps(&self) -> String {
-        let mut out = String::new();
+        // Room for a token usage dict, the commonest value, so that it is written without growing.
+        let mut out = String::with_capacity(96);
         self.write(&mut out);
         out
     }
@@ -67,9 +68,7 @@ impl PyValue {
         match self {
             PyValue::Null => out.push_str("null"),
             PyValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            PyValue::Int(i) => {
-                let _ = write!(out, "{i}");
-            }
+            PyValue::Int(i) => out.push_str(itoa::Buffer::new().format(*i)),
             PyValue::Float(f) => out.push_str(&float_repr(*f)),
             PyValue::Str(s) => write_str(s, out),
             PyValue::List(items) => {
