@@ -11,6 +11,7 @@ use compact_str::CompactString;
 use super::attributes;
 use super::json::PyValue;
 use super::span::{Attributes, SpanEvent};
+use super::usage::TokenCounts;
 
 /// `mlflow.spanType`.
 pub const SPAN_TYPE: &str = "mlflow.spanType";
@@ -343,24 +344,20 @@ fn span_type(attrs: &Attributes, t: &Translator) -> Option<&'static str> {
     t.kinds.iter().find(|(k, _)| *k == kind).map(|(_, ty)| *ty)
 }
 
-fn usage(attrs: &Attributes, t: &Translator) -> Option<PyValue> {
+fn usage(attrs: &Attributes, t: &Translator) -> Option<TokenCounts> {
     let input = count(attrs, t.input_tokens);
     let output = count(attrs, t.output_tokens);
     let total = count(attrs, t.total_tokens).or(match (input, output) {
         (Some(i), Some(o)) => Some(i + o),
         _ => None,
     });
-    let fields: Vec<(String, PyValue)> = [
-        ("input_tokens", input),
-        ("output_tokens", output),
-        ("total_tokens", total),
-        ("cache_read_input_tokens", count(attrs, t.cache_read)),
-        ("cache_creation_input_tokens", count(attrs, t.cache_write)),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| Some((k.to_string(), PyValue::Int(v?))))
-    .collect();
-    (input.is_some() || output.is_some() || total.is_some()).then_some(PyValue::Dict(fields))
+    (input.is_some() || output.is_some() || total.is_some()).then(|| TokenCounts {
+        input,
+        output,
+        total,
+        cache_read: count(attrs, t.cache_read),
+        cache_creation: count(attrs, t.cache_write),
+    })
 }
 
 /// `inputs["model"]` or `outputs["model"]`, MLflow's fallback for the model name.

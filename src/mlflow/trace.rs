@@ -19,7 +19,7 @@ use super::conventions::{INPUTS, OUTPUTS, TOKEN_USAGE};
 use super::json::PyValue;
 use super::preview::{preview, truncate};
 use super::span::{Span, StatusCode, mlflow_trace_id, request_id_attribute};
-use super::usage;
+use super::usage::{self, TokenCounts};
 use crate::model::{EncodedGroup, Origin, Services, SpanId, TraceId};
 use crate::otlp::text;
 use crate::otlp::view::{SpanView, ValueRef};
@@ -384,7 +384,7 @@ fn tags(
 /// Trace token usage: every span's `mlflow.chat.tokenUsage`, skipping spans whose ancestor already
 /// carries usage (so rollup parents are not counted twice). `input_tokens`, `output_tokens` and
 /// `total_tokens` are always present; cache keys only when seen.
-pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue> {
+pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<TokenCounts> {
     let spans: Vec<&Span> = spans.collect();
     let ids: FxHashSet<SpanId> = spans.iter().map(|s| s.span_id).collect();
     let mut children: FxHashMap<SpanId, Vec<usize>> = FxHashMap::default();
@@ -395,8 +395,6 @@ pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue>
             None => stack.push((i, false)),
         }
     }
-    const KEYS: [&str; 3] = ["input_tokens", "output_tokens", "total_tokens"];
-    const CACHE: [&str; 2] = ["cache_read_input_tokens", "cache_creation_input_tokens"];
     let mut totals = [0i64; 3];
     let mut cache: [Option<i64>; 2] = [None, None];
     let mut found = false;
@@ -420,19 +418,12 @@ pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<PyValue>
             stack.push((c, covered || usage.is_some()));
         }
     }
-    found.then(|| {
-        let mut entries: Vec<(String, PyValue)> = KEYS
-            .iter()
-            .zip(totals)
-            .map(|(k, n)| (k.to_string(), PyValue::Int(n)))
-            .collect();
-        entries.extend(
-            CACHE
-                .iter()
-                .zip(cache)
-                .filter_map(|(k, n)| Some((k.to_string(), PyValue::Int(n?)))),
-        );
-        PyValue::Dict(entries)
+    found.then(|| TokenCounts {
+        input: Some(totals[0]),
+        output: Some(totals[1]),
+        total: Some(totals[2]),
+        cache_read: cache[0],
+        cache_creation: cache[1],
     })
 }
 

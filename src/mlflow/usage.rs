@@ -21,6 +21,33 @@ pub struct TokenCounts {
     pub cache_creation: Option<i64>,
 }
 
+impl TokenCounts {
+    /// The usage dict MLflow stores, `json.dumps` of the counts present, in MLflow's key order.
+    /// Written directly: it is built for every LLM span, and its keys need no escaping.
+    pub fn dumps(&self) -> String {
+        let fields = [
+            ("input_tokens", self.input),
+            ("output_tokens", self.output),
+            ("total_tokens", self.total),
+            ("cache_read_input_tokens", self.cache_read),
+            ("cache_creation_input_tokens", self.cache_creation),
+        ];
+        let mut out = String::with_capacity(96);
+        out.push('{');
+        for (key, n) in fields.into_iter().filter_map(|(k, n)| Some((k, n?))) {
+            if out.len() > 1 {
+                out.push_str(", ");
+            }
+            out.push('"');
+            out.push_str(key);
+            out.push_str("\": ");
+            out.push_str(itoa::Buffer::new().format(n));
+        }
+        out.push('}');
+        out
+    }
+}
+
 /// The fields read; others are skipped unparsed.
 #[derive(Deserialize)]
 struct Stored {
@@ -47,6 +74,33 @@ pub fn read(stored: &str) -> Option<TokenCounts> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dumps_writes_present_counts_as_python_does() {
+        let all = TokenCounts {
+            input: Some(12),
+            output: Some(-5),
+            total: Some(7),
+            cache_read: Some(3),
+            cache_creation: Some(1),
+        };
+        let text = all.dumps();
+        assert_eq!(
+            text,
+            r#"{"input_tokens": 12, "output_tokens": -5, "total_tokens": 7, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 1}"#
+        );
+        assert_eq!(read(&text), Some(all));
+        let some = TokenCounts {
+            total: Some(9),
+            cache_read: Some(4),
+            ..TokenCounts::default()
+        };
+        assert_eq!(
+            some.dumps(),
+            r#"{"total_tokens": 9, "cache_read_input_tokens": 4}"#
+        );
+        assert_eq!(TokenCounts::default().dumps(), "{}");
+    }
 
     #[test]
     fn counts_read_like_the_decoded_dict() {
