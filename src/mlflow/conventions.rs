@@ -43,6 +43,11 @@ pub struct Translator {
     pub inputs: &'static [&'static str],
     /// Attributes holding the outputs.
     pub outputs: &'static [&'static str],
+    /// Numbered attributes holding the inputs, tried after [`Translator::inputs`]: `*` stands
+    /// for a run of digits (Traceloop numbers its prompts: `gen_ai.prompt.0.content`).
+    pub numbered_inputs: &'static [&'static str],
+    /// Numbered attributes holding the outputs, tried after [`Translator::outputs`].
+    pub numbered_outputs: &'static [&'static str],
     /// Input (prompt) token count.
     pub input_tokens: &'static [&'static str],
     /// Output (completion) token count.
@@ -71,6 +76,8 @@ const EMPTY: Translator = Translator {
     kinds: &[],
     inputs: NONE,
     outputs: NONE,
+    numbered_inputs: NONE,
+    numbered_outputs: NONE,
     input_tokens: NONE,
     output_tokens: NONE,
     total_tokens: NONE,
@@ -153,12 +160,13 @@ pub const TRANSLATORS: &[Translator] = &[
             ("tool", "TOOL"),
             ("unknown", "UNKNOWN"),
         ],
-        inputs: &[
-            "traceloop.entity.input",
+        inputs: &["traceloop.entity.input"],
+        outputs: &["traceloop.entity.output"],
+        numbered_inputs: &[
             "gen_ai.prompt.*.content",
             "gen_ai.completion.*.tool_calls.*.arguments",
         ],
-        outputs: &["traceloop.entity.output", "gen_ai.completion.*.content"],
+        numbered_outputs: &["gen_ai.completion.*.content"],
         input_tokens: &["gen_ai.usage.prompt_tokens"],
         output_tokens: &["gen_ai.usage.completion_tokens"],
         total_tokens: &["llm.usage.total_tokens"],
@@ -311,15 +319,16 @@ fn matches(pattern: &str, key: &str) -> bool {
 }
 
 fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a CompactString> {
-    keys.iter().find_map(|k| {
-        if k.contains('*') {
-            attrs
-                .iter()
-                .find(|(key, stored)| matches(k, key) && truthy_stored(stored))
-                .map(|(_, v)| v)
-        } else {
-            present(attrs, k)
-        }
+    keys.iter().find_map(|k| present(attrs, k))
+}
+
+/// The first attribute, in the span's order, that matches a numbered key and is present.
+fn first_numbered<'a>(attrs: &'a Attributes, patterns: &[&str]) -> Option<&'a CompactString> {
+    patterns.iter().find_map(|p| {
+        attrs
+            .iter()
+            .find(|(key, stored)| matches(p, key) && truthy_stored(stored))
+            .map(|(_, v)| v)
     })
 }
 
@@ -451,6 +460,8 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
         let lists = [
             t.inputs,
             t.outputs,
+            t.numbered_inputs,
+            t.numbered_outputs,
             t.input_tokens,
             t.output_tokens,
             t.total_tokens,
@@ -471,25 +482,34 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
     KeyIndex { keys, prefixes }
 });
 
-/// The conventions that can match: one pass over the span's own keys, so that only they are
-/// probed (in MLflow's order), and spans of no known convention probe nothing.
-fn candidates(attrs: &Attributes) -> Vec<&'static Translator> {
-    let index = &*KEY_INDEX;
-    let mut mask = 0u32;
-    for k in attrs.keys() {
-        mask |= index.keys.get(k.as_str()).copied().unwrap_or(0);
-        for (prefix, bit) in &index.prefixes {
-            if k.starts_with(prefix) {
-                mask |= bit;
+/// The conventions that can match a span, as a bit mask over [`TRANSLATORS`]: found in one pass
+/// over the span's own keys, so that only they are probed (in MLflow's order), and spans of no
+/// known convention probe nothing.
+#[derive(Clone, Copy)]
+struct Candidates(u32);
+
+impl Candidates {
+    fn of(attrs: &Attributes) -> Self {
+        let index = &*KEY_INDEX;
+        let mut mask = 0u32;
+        for k in attrs.keys() {
+            mask |= index.keys.get(k.as_str()).copied().unwrap_or(0);
+            for (prefix, bit) in &index.prefixes {
+                if k.starts_with(prefix) {
+                    mask |= bit;
+                }
             }
         }
+        Candidates(mask)
     }
-    TRANSLATORS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| mask & (1 << i) != 0)
-        .map(|(_, t)| t)
-        .collect()
+
+    fn iter(self) -> impl Iterator<Item = &'static Translator> {
+        TRANSLATORS
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, t)| t)
+    }
 }
 
 /// `json.dumps(json.loads(stored))`, as MLflow re-encodes model and provider; a plain string
@@ -506,7 +526,7 @@ fn redump(stored: &str) -> String {
 pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     // Only conventions with a key on this span can match; events and the model-in-inputs
     // fallback apply to every span.
-    let translators = candidates(attrs);
+    let translators = Candidates::of(attrs);
     let needs_type = attrs
         .get(SPAN_TYPE)
         .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
@@ -519,7 +539,14 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
         }
         let from_attributes = translators
             .iter()
-            .find_map(|t| first_present(attrs, if inputs { t.inputs } else { t.outputs }))
+            .find_map(|t| {
+                let (exact, numbered) = if inputs {
+                    (t.inputs, t.numbered_inputs)
+                } else {
+                    (t.outputs, t.numbered_outputs)
+                };
+                first_present(attrs, exact).or_else(|| first_numbered(attrs, numbered))
+            })
             .cloned();
         let from_events = || from_events(events, inputs).map(CompactString::from);
         if let Some(v) = from_attributes.or_else(from_events) {
