@@ -51,12 +51,30 @@ pub fn encode(value: ValueRef<'_>) -> CompactString {
 /// or array, else its JSON encoding.
 pub fn encode_str(s: &str) -> CompactString {
     if is_json_container_or_string(s) {
-        CompactString::from(s)
-    } else {
-        let mut out = CompactString::with_capacity(s.len() + 2);
-        write_str(s, &mut out);
-        out
+        return CompactString::from(s);
     }
+    if let Some(quoted) = quote_inline(s) {
+        return quoted;
+    }
+    let mut out = CompactString::with_capacity(s.len() + 2);
+    write_str(s, &mut out);
+    out
+}
+
+/// `"s"`, assembled on the stack, when it needs no escapes and fits a `CompactString` inline.
+/// Most stored strings are short names (`"chat"`, `"openai"`); writing them piece by piece into
+/// a `CompactString` cost four times as many instructions.
+fn quote_inline(s: &str) -> Option<CompactString> {
+    const INLINE: usize = std::mem::size_of::<CompactString>();
+    let n = s.len();
+    if n + 2 > INLINE || s.bytes().any(needs_escape) {
+        return None;
+    }
+    let mut buf = [b'"'; INLINE];
+    buf[1..=n].copy_from_slice(s.as_bytes());
+    std::str::from_utf8(&buf[..n + 2])
+        .ok()
+        .map(CompactString::from)
 }
 
 /// Whether `json.loads(s)` would return a `str`, `dict` or `list`.
@@ -274,6 +292,16 @@ mod properties {
         #[test]
         fn fast_paths_read_as_the_parser_does(stored in stored_text()) {
             prop_assert_eq!(read(&stored), parse(&stored));
+        }
+
+        /// A string that is not JSON for a string or container is stored as its JSON encoding,
+        /// on either side of the inline fast path's 22-byte limit, with escapes or without.
+        #[test]
+        fn plain_strings_store_as_their_json_encoding(
+            s in "[a-zé✓ \\\"\\\\\\x00-\\x1f]{0,30}",
+        ) {
+            prop_assume!(!is_json_container_or_string(&s));
+            prop_assert_eq!(encode_str(&s).to_string(), crate::mlflow::json::dumps_str(&s));
         }
 
         /// `json.loads(stored)` (falling back to the raw text) gives back the decoded value, except

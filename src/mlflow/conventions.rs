@@ -446,7 +446,8 @@ fn from_events(events: &[SpanEvent], inputs: bool) -> Option<String> {
 }
 
 /// For every attribute key a convention reads (and the fixed prefix of each numbered key), the
-/// set of conventions that read it, as a bit mask over [`TRANSLATORS`].
+/// set of conventions that read it, as a bit mask over [`TRANSLATORS`]. An exact key's mask also
+/// holds the bits of the prefixes it starts with, so only keys that miss need the prefix scan.
 struct KeyIndex {
     keys: rustc_hash::FxHashMap<&'static str, u32>,
     prefixes: Vec<(&'static str, u32)>,
@@ -473,9 +474,19 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
         ];
         for &key in lists.into_iter().flatten().chain([&t.kind_key]) {
             match key.split_once('*') {
-                Some((prefix, _)) => prefixes.push((prefix, bit)),
+                Some((prefix, _)) => match prefixes.iter_mut().find(|(p, _)| *p == prefix) {
+                    Some((_, bits)) => *bits |= bit,
+                    None => prefixes.push((prefix, bit)),
+                },
                 None if !key.is_empty() => *keys.entry(key).or_insert(0) |= bit,
                 None => {}
+            }
+        }
+    }
+    for (key, bits) in &mut keys {
+        for (prefix, bit) in &prefixes {
+            if key.starts_with(prefix) {
+                *bits |= bit;
             }
         }
     }
@@ -493,12 +504,14 @@ impl Candidates {
         let index = &*KEY_INDEX;
         let mut mask = 0u32;
         for k in attrs.keys() {
-            mask |= index.keys.get(k.as_str()).copied().unwrap_or(0);
-            for (prefix, bit) in &index.prefixes {
-                if k.starts_with(prefix) {
-                    mask |= bit;
-                }
-            }
+            mask |= match index.keys.get(k.as_str()) {
+                Some(bits) => *bits,
+                None => index
+                    .prefixes
+                    .iter()
+                    .filter(|(prefix, _)| k.starts_with(prefix))
+                    .fold(0, |bits, (_, bit)| bits | bit),
+            };
         }
         Candidates(mask)
     }
