@@ -7,7 +7,6 @@
 //! token usage, resource attributes as tags. Where MLflow rejects a whole batch (a session id
 //! over 250 characters) only that field is dropped, and counted.
 
-use std::collections::HashSet;
 use std::time::{Duration, UNIX_EPOCH};
 
 use indexmap::IndexMap;
@@ -331,17 +330,18 @@ fn tags(
     report: &mut LimitReport,
 ) -> IndexMap<String, String> {
     let mut tags = IndexMap::new();
-    // Resource attributes of every span's origin; the root's are applied last, so they win.
-    let mut seen: HashSet<*const Origin> = HashSet::new();
-    let order = spans
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != root)
-        .chain(root.map(|i| (i, &spans[i])));
-    for (_, (origin, _)) in order {
-        if !seen.insert(*origin as *const Origin) {
-            continue;
+    // Resource attributes of every distinct origin; the root's are applied last, so they win.
+    // A trace has few origins: a list, compared by address, finds them.
+    let root_origin = root.map(|i| spans[i].0);
+    let mut origins: Vec<&Origin> = Vec::new();
+    for (origin, _) in spans {
+        let is_root = root_origin.is_some_and(|r| std::ptr::eq(r, *origin));
+        if !is_root && !origins.iter().any(|o| std::ptr::eq(*o, *origin)) {
+            origins.push(origin);
         }
+    }
+    origins.extend(root_origin);
+    for origin in origins {
         for kv in origin.resource.iter().flat_map(|r| &r.attributes) {
             let key = text(&kv.key);
             if key.starts_with("telemetry.sdk.") || key.starts_with("mlflow.") {
@@ -526,11 +526,15 @@ mod tests {
             vec![kv("mlflow.traceTag.team", "search")],
             0,
         );
+        // A span of the root's service before the other service's: the root's resource still
+        // comes last.
+        let mut prep = span(T, [3; 8], &[1; 8], "client-prep");
+        prep.start_time_unix_nano += 1;
         let mut child = span(T, [2; 8], &[1; 8], "server-handler");
-        child.start_time_unix_nano += 1;
+        child.start_time_unix_nano += 2;
         let t = build(
             TraceId(T),
-            &[group(&back, vec![child]), group(&front, vec![root])],
+            &[group(&back, vec![child]), group(&front, vec![root, prep])],
             None,
             "0",
         )
