@@ -12,8 +12,6 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
 
-use compact_str::{CompactString, ToCompactString};
-
 use super::json::{PyValue, needs_escape, write_str};
 use crate::otlp::text;
 use crate::otlp::view::ValueRef;
@@ -35,46 +33,39 @@ pub fn decode(value: ValueRef<'_>) -> PyValue {
     }
 }
 
-/// The stored (JSON-encoded) form of an attribute value. Compact: most stored values are short
-/// enough to need no heap block.
-pub fn encode(value: ValueRef<'_>) -> CompactString {
+/// The stored (JSON-encoded) form of an attribute value.
+pub fn encode(value: ValueRef<'_>) -> String {
+    let mut out = String::new();
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the stored form of an attribute value to `out`: a span's attributes are encoded
+/// straight into the buffer that holds them.
+pub fn encode_into(value: ValueRef<'_>, out: &mut String) {
     match value {
-        ValueRef::Str(s) => encode_str(&text(s)),
-        ValueRef::Int(i) => i.to_compact_string(),
-        ValueRef::Bool(b) => CompactString::const_new(if b { "true" } else { "false" }),
-        ValueRef::Empty => CompactString::const_new("null"),
-        value => decode(value).dumps().into(),
+        ValueRef::Str(s) => encode_str_into(&text(s), out),
+        ValueRef::Int(i) => out.push_str(itoa::Buffer::new().format(i)),
+        ValueRef::Bool(b) => out.push_str(if b { "true" } else { "false" }),
+        ValueRef::Empty => out.push_str("null"),
+        value => out.push_str(&decode(value).dumps()),
     }
 }
 
 /// The stored form of a string attribute: the text itself when it is JSON for a string, object
 /// or array, else its JSON encoding.
-pub fn encode_str(s: &str) -> CompactString {
-    if is_json_container_or_string(s) {
-        return CompactString::from(s);
-    }
-    if let Some(quoted) = quote_inline(s) {
-        return quoted;
-    }
-    let mut out = CompactString::with_capacity(s.len() + 2);
-    write_str(s, &mut out);
+pub fn encode_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    encode_str_into(s, &mut out);
     out
 }
 
-/// `"s"`, assembled on the stack, when it needs no escapes and fits a `CompactString` inline.
-/// Most stored strings are short names (`"chat"`, `"openai"`); writing them piece by piece into
-/// a `CompactString` cost four times as many instructions.
-fn quote_inline(s: &str) -> Option<CompactString> {
-    const INLINE: usize = std::mem::size_of::<CompactString>();
-    let n = s.len();
-    if n + 2 > INLINE || s.bytes().any(needs_escape) {
-        return None;
+fn encode_str_into(s: &str, out: &mut String) {
+    if is_json_container_or_string(s) {
+        out.push_str(s);
+    } else {
+        write_str(s, out);
     }
-    let mut buf = [b'"'; INLINE];
-    buf[1..=n].copy_from_slice(s.as_bytes());
-    std::str::from_utf8(&buf[..n + 2])
-        .ok()
-        .map(CompactString::from)
 }
 
 /// Whether `json.loads(s)` would return a `str`, `dict` or `list`.
@@ -295,13 +286,13 @@ mod properties {
         }
 
         /// A string that is not JSON for a string or container is stored as its JSON encoding,
-        /// on either side of the inline fast path's 22-byte limit, with escapes or without.
+        /// with escapes or without.
         #[test]
         fn plain_strings_store_as_their_json_encoding(
             s in "[a-zé✓ \\\"\\\\\\x00-\\x1f]{0,30}",
         ) {
             prop_assume!(!is_json_container_or_string(&s));
-            prop_assert_eq!(encode_str(&s).to_string(), crate::mlflow::json::dumps_str(&s));
+            prop_assert_eq!(encode_str(&s), crate::mlflow::json::dumps_str(&s));
         }
 
         /// `json.loads(stored)` (falling back to the raw text) gives back the decoded value, except

@@ -6,8 +6,6 @@
 //! the filled attributes follows MLflow: span type, inputs, outputs, token usage, message format,
 //! tools, model, provider.
 
-use compact_str::CompactString;
-
 use super::attributes;
 use super::json::PyValue;
 use super::span::{Attributes, SpanEvent};
@@ -291,8 +289,10 @@ fn truthy_stored(stored: &str) -> bool {
 
 /// A stored value unless MLflow treats it as missing: absent, or JSON for a falsy value (`null`,
 /// `{}`, `[]`, `""`, `0`, `false`).
-fn present<'a>(attrs: &'a Attributes, key: &str) -> Option<&'a CompactString> {
-    attrs.get(key).filter(|stored| truthy_stored(stored))
+fn present(attrs: &Attributes, key: &str) -> Option<usize> {
+    attrs
+        .position(key)
+        .filter(|&i| truthy_stored(attrs.value(i)))
 }
 
 /// Whether `key` matches `pattern`, where `*` stands for a run of digits (Traceloop numbers its
@@ -318,24 +318,25 @@ fn matches(pattern: &str, key: &str) -> bool {
     rest.is_empty()
 }
 
-fn first_present<'a>(attrs: &'a Attributes, keys: &[&str]) -> Option<&'a CompactString> {
+/// The index of the first of `keys` present.
+fn first_present(attrs: &Attributes, keys: &[&str]) -> Option<usize> {
     keys.iter().find_map(|k| present(attrs, k))
 }
 
-/// The first attribute, in the span's order, that matches a numbered key and is present.
-fn first_numbered<'a>(attrs: &'a Attributes, patterns: &[&str]) -> Option<&'a CompactString> {
+/// The index of the first attribute, in the span's order, that matches a numbered key and is
+/// present.
+fn first_numbered(attrs: &Attributes, patterns: &[&str]) -> Option<usize> {
     patterns.iter().find_map(|p| {
         attrs
             .iter()
-            .find(|(key, stored)| matches(p, key) && truthy_stored(stored))
-            .map(|(_, v)| v)
+            .position(|(key, stored)| matches(p, key) && truthy_stored(stored))
     })
 }
 
 /// A token count as MLflow's `_parse_int_attribute` reads it: an integer, or a string holding one.
 fn count(attrs: &Attributes, keys: &[&str]) -> Option<i64> {
     keys.iter()
-        .find_map(|k| match attributes::read(attrs.get(*k)?) {
+        .find_map(|k| match attributes::read(attrs.get(k)?) {
             PyValue::Int(i) => Some(i),
             PyValue::Str(s) => s.trim().parse().ok(),
             _ => None,
@@ -373,7 +374,7 @@ fn usage(attrs: &Attributes, t: &Translator) -> Option<TokenCounts> {
 fn model_from_io(attrs: &Attributes) -> Option<String> {
     [INPUTS, OUTPUTS]
         .iter()
-        .find_map(|k| model_of(attrs.get(*k)?))
+        .find_map(|k| model_of(attrs.get(k)?))
 }
 
 /// The non-empty string `model` of a stored dict. Only that field is decoded; the rest of the
@@ -504,7 +505,7 @@ impl Candidates {
         let index = &*KEY_INDEX;
         let mut mask = 0u32;
         for k in attrs.keys() {
-            mask |= match index.keys.get(k.as_str()) {
+            mask |= match index.keys.get(k) {
                 Some(bits) => *bits,
                 None => index
                     .prefixes
@@ -540,36 +541,35 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     // Only conventions with a key on this span can match; events and the model-in-inputs
     // fallback apply to every span.
     let translators = Candidates::of(attrs);
-    let needs_type = attrs
-        .get(SPAN_TYPE)
-        .is_none_or(|t| t.as_str() == "\"UNKNOWN\"");
+    let needs_type = attrs.get(SPAN_TYPE).is_none_or(|t| t == "\"UNKNOWN\"");
     if needs_type && let Some(ty) = translators.iter().find_map(|t| span_type(attrs, t)) {
-        attrs.insert(SPAN_TYPE.into(), super::json::dumps_str(ty).into());
+        attrs.insert(SPAN_TYPE, &super::json::dumps_str(ty));
     }
     for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
         if attrs.contains_key(key) {
             continue;
         }
-        let from_attributes = translators
-            .iter()
-            .find_map(|t| {
-                let (exact, numbered) = if inputs {
-                    (t.inputs, t.numbered_inputs)
-                } else {
-                    (t.outputs, t.numbered_outputs)
-                };
-                first_present(attrs, exact).or_else(|| first_numbered(attrs, numbered))
-            })
-            .cloned();
-        let from_events = || from_events(events, inputs).map(CompactString::from);
-        if let Some(v) = from_attributes.or_else(from_events) {
-            attrs.insert(key.into(), v);
+        let from_attributes = translators.iter().find_map(|t| {
+            let (exact, numbered) = if inputs {
+                (t.inputs, t.numbered_inputs)
+            } else {
+                (t.outputs, t.numbered_outputs)
+            };
+            first_present(attrs, exact).or_else(|| first_numbered(attrs, numbered))
+        });
+        match from_attributes {
+            Some(i) => attrs.push_copy_of(key, i),
+            None => {
+                if let Some(v) = from_events(events, inputs) {
+                    attrs.insert(key, &v);
+                }
+            }
         }
     }
     if !attrs.contains_key(TOKEN_USAGE)
         && let Some(u) = translators.iter().find_map(|t| usage(attrs, t))
     {
-        attrs.insert(TOKEN_USAGE.into(), u.dumps().into());
+        attrs.insert(TOKEN_USAGE, &u.dumps());
     }
     if !attrs.contains_key(MESSAGE_FORMAT)
         && let Some(format) = translators
@@ -577,33 +577,33 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
             .find_map(|t| t.message_format)
     {
-        attrs.insert(MESSAGE_FORMAT.into(), super::json::dumps_str(format).into());
+        attrs.insert(MESSAGE_FORMAT, &super::json::dumps_str(format));
     }
     if !attrs.contains_key(TOOLS)
-        && let Some(v) = translators
+        && let Some(i) = translators
             .iter()
             .find_map(|t| first_present(attrs, t.tools))
     {
-        attrs.insert(TOOLS.into(), v.clone());
+        attrs.push_copy_of(TOOLS, i);
     }
     // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
     if !attrs.contains_key(MODEL) {
         let model = translators
             .iter()
             .find_map(|t| first_present(attrs, t.model))
-            .map(|v| redump(v))
+            .map(|i| redump(attrs.value(i)))
             .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
         if let Some(m) = model {
-            attrs.insert(MODEL.into(), m.into());
+            attrs.insert(MODEL, &m);
         }
     }
     if !attrs.contains_key(PROVIDER)
-        && let Some(v) = translators
+        && let Some(i) = translators
             .iter()
             .find_map(|t| first_present(attrs, t.provider))
     {
-        let provider = redump(v);
-        attrs.insert(PROVIDER.into(), provider.into());
+        let provider = redump(attrs.value(i));
+        attrs.insert(PROVIDER, &provider);
     }
 }
 
@@ -612,10 +612,7 @@ mod tests {
     use super::*;
 
     fn attrs(pairs: &[(&str, &str)]) -> Attributes {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect()
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -627,8 +624,8 @@ mod tests {
             ("gen_ai.input.messages", "[1]"),
         ]);
         translate(&mut a, &[]);
-        assert_eq!(a[SPAN_TYPE], r#""AGENT""#);
-        assert_eq!(a[INPUTS], r#"{"mine": 1}"#);
+        assert_eq!(&a[SPAN_TYPE], r#""AGENT""#);
+        assert_eq!(&a[INPUTS], r#"{"mine": 1}"#);
     }
 
     #[test]
@@ -639,7 +636,7 @@ mod tests {
             ("traceloop.span.kind", r#""tool""#),
         ]);
         translate(&mut a, &[]);
-        assert_eq!(a[SPAN_TYPE], r#""TOOL""#);
+        assert_eq!(&a[SPAN_TYPE], r#""TOOL""#);
     }
 
     #[test]
@@ -651,8 +648,8 @@ mod tests {
             ("gen_ai.completion.0.content", r#""out""#),
         ]);
         translate(&mut a, &[]);
-        assert_eq!(a[INPUTS], r#""from traceloop""#);
-        assert_eq!(a[OUTPUTS], r#""out""#, "numbered Traceloop keys match");
+        assert_eq!(&a[INPUTS], r#""from traceloop""#);
+        assert_eq!(&a[OUTPUTS], r#""out""#, "numbered Traceloop keys match");
     }
 
     #[test]
@@ -663,7 +660,7 @@ mod tests {
         ]);
         translate(&mut a, &[]);
         assert_eq!(
-            a[TOKEN_USAGE],
+            &a[TOKEN_USAGE],
             r#"{"input_tokens": 21, "output_tokens": 7, "total_tokens": 28}"#
         );
         let mut a = attrs(&[
@@ -672,7 +669,7 @@ mod tests {
         ]);
         translate(&mut a, &[]);
         assert_eq!(
-            a[TOKEN_USAGE],
+            &a[TOKEN_USAGE],
             r#"{"total_tokens": 9, "cache_read_input_tokens": 4}"#
         );
         let mut a = attrs(&[("gen_ai.usage.input_tokens", "2.5")]);
@@ -687,8 +684,8 @@ mod tests {
             ("llm.provider", r#""anthropic""#),
         ]);
         translate(&mut a, &[]);
-        assert_eq!(a[MODEL], r#""gpt-x""#);
-        assert_eq!(a[PROVIDER], r#""anthropic""#);
+        assert_eq!(&a[MODEL], r#""gpt-x""#);
+        assert_eq!(&a[PROVIDER], r#""anthropic""#);
         for (inputs, model) in [
             (r#"{"model": "a", "model": "b"}"#, Some(r#""b""#)),
             (r#"{"model": 7, "model": "b"}"#, Some(r#""b""#)),
@@ -701,14 +698,14 @@ mod tests {
         ] {
             let mut a = attrs(&[(INPUTS, inputs)]);
             translate(&mut a, &[]);
-            assert_eq!(a.get(MODEL).map(|m| m.as_str()), model, "{inputs}");
+            assert_eq!(a.get(MODEL), model, "{inputs}");
         }
         let mut a = attrs(&[("llm.provider", r#""multi\u0020word""#)]);
         translate(&mut a, &[]);
-        assert_eq!(a[PROVIDER], r#""multi word""#, "re-encoded, not copied");
+        assert_eq!(&a[PROVIDER], r#""multi word""#, "re-encoded, not copied");
         let mut a = attrs(&[("lmnr.span.type", r#""LLM""#)]);
         translate(&mut a, &[]);
-        assert_eq!(a[MESSAGE_FORMAT], r#""openai""#);
+        assert_eq!(&a[MESSAGE_FORMAT], r#""openai""#);
     }
 
     #[test]

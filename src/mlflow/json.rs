@@ -143,7 +143,7 @@ impl PyValue {
 /// `\f`, other control characters as `\u00xx`) and everything else verbatim. These are also
 /// serde_json's escapes, byte for byte.
 pub fn write_str<W: Write>(s: &str, out: &mut W) {
-    // Writing to a `String` or a `CompactString` cannot fail.
+    // Writing to a `String` cannot fail.
     let _ = out.write_char('"');
     split_escapes(s, |run, escaped| {
         let _ = out.write_str(run);

@@ -7,11 +7,13 @@
 //! - [`trace`]: a trace's spans → `TraceInfo` (state, times, previews, session, user, usage, tags),
 //!   a pure function of the spans so it can be recomputed when a late span arrives.
 //! - [`attributes`] and [`json`]: MLflow's JSON-in-string attribute encoding, byte for byte;
-//!   [`usage`] reads stored token usage field by field.
+//!   [`usage`] reads stored token usage field by field; [`attribute_map`] holds a span's stored
+//!   attributes.
 //! - [`trace_json`]: the trace's JSON written straight into a string, for the sinks.
 //!
 //! The output serializes (serde) to exactly the JSON of MLflow's `Trace.to_dict()`.
 
+pub mod attribute_map;
 pub mod attributes;
 pub mod conventions;
 pub mod json;

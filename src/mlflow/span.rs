@@ -2,7 +2,6 @@
 //! it (`Span.from_otel_proto`, `sanitize_attributes`, `translate_span_when_storing`).
 
 use base64::Engine as _;
-use compact_str::CompactString;
 use indexmap::IndexMap;
 use serde::{Serialize, Serializer};
 
@@ -12,11 +11,7 @@ use crate::model::{SpanId, TraceId};
 use crate::otlp::text;
 use crate::otlp::view::{KeyValues, SpanView};
 
-/// Span attributes: key → JSON-encoded value, in MLflow's insertion order. FxHash because
-/// translation probes dozens of keys per span and SipHash dominated its cost. Compact strings
-/// keep keys and values up to 24 bytes (most of them) inline: a loaded pipeline spent a fifth
-/// of its CPU on first touches of the heap blocks that held them (12% less CPU per span).
-pub type Attributes = IndexMap<CompactString, CompactString, rustc_hash::FxBuildHasher>;
+pub use super::attribute_map::Attributes;
 
 /// `mlflow.traceRequestId`, always set from the OTLP trace id.
 pub const REQUEST_ID: &str = "mlflow.traceRequestId";
@@ -144,12 +139,12 @@ impl Span {
     /// from the conventions it recognises. `request_id` is the stored `mlflow.traceRequestId`
     /// value, [`request_id_attribute`] of the trace id.
     pub fn from_otlp(trace_id: TraceId, request_id: &str, span: &SpanView<'_>) -> Self {
-        // Room for a GenAI span's attributes and those MLflow adds, so the map rarely grows.
-        let mut attrs = Attributes::with_capacity_and_hasher(24, Default::default());
+        // Room for the encoded attributes, plus those MLflow adds, so the map rarely grows.
+        let mut attrs = Attributes::with_capacity(24, span.attributes_len() + 256);
         for (key, value) in span.attributes() {
-            attrs.insert(CompactString::from(text(key)), attributes::encode(value));
+            attrs.insert_with(&text(key), |out| attributes::encode_into(value, out));
         }
-        attrs.insert(REQUEST_ID.into(), request_id.into());
+        attrs.insert(REQUEST_ID, request_id);
         let events: Vec<SpanEvent> = span
             .events()
             .map(|e| SpanEvent {

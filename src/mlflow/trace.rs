@@ -402,7 +402,7 @@ pub fn token_usage<'a>(spans: impl Iterator<Item = &'a Span>) -> Option<TokenCou
         let usage = (!covered)
             .then(|| spans[i].attributes.get(TOKEN_USAGE))
             .flatten()
-            .and_then(|stored| usage::read(stored));
+            .and_then(usage::read);
         if let Some(u) = usage {
             found = true;
             for (total, n) in totals.iter_mut().zip([u.input, u.output, u.total]) {

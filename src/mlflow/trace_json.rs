@@ -144,12 +144,7 @@ fn write_span(span: &Span, out: &mut String) {
     write_str(&span.status.message, out);
     out.push('}');
     key("attributes", false, out);
-    string_map(
-        span.attributes
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str())),
-        out,
-    );
+    string_map(span.attributes.iter(), out);
     key("links", false, out);
     list(&span.links, link, out);
     out.push('}');
@@ -263,7 +258,7 @@ mod tests {
             span.status.code = StatusCode::Error;
             span.status.message = name.clone();
             for (i, value) in values.iter().enumerate() {
-                span.attributes.insert(format!("{name}{i}").into(), value.into());
+                span.attributes.insert(&format!("{name}{i}"), value);
             }
             span.events.push(SpanEvent {
                 name: name.clone(),

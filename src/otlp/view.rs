@@ -154,6 +154,11 @@ impl<'a> SpanView<'a> {
         KeyValues::Encoded(Fields::new(self.regions[0]), 9)
     }
 
+    /// The encoded size of the attributes, about the size of their keys and stored values.
+    pub fn attributes_len(&self) -> usize {
+        self.regions[0].len()
+    }
+
     /// `events`.
     pub fn events(&self) -> impl Iterator<Item = EventView<'a>> + use<'a> {
         Fields::new(self.regions[1])

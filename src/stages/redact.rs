@@ -34,6 +34,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::pattern::Pattern;
+use crate::mlflow::attribute_map::Rewrite;
 use crate::mlflow::attributes;
 use crate::mlflow::conventions::{INPUTS, OUTPUTS, TRANSLATORS};
 use crate::mlflow::preview::truncate;
@@ -210,13 +211,6 @@ pub struct Redactor {
 /// Most keys remembered in [`Redactor::decided`] before it starts over.
 const MAX_DECIDED: usize = 4096;
 
-/// What a rule makes of a value's text.
-enum Outcome {
-    Keep,
-    Drop,
-    Replace(String),
-}
-
 impl Redactor {
     /// Builds the stage.
     pub fn new(config: RedactConfig) -> Self {
@@ -260,17 +254,18 @@ impl Redactor {
         index.map(|i| &self.rules[i])
     }
 
-    /// What `rule` makes of a value; its text is read only when the action needs it.
-    fn act(&self, rule: &Rule, text: impl FnOnce() -> String) -> Outcome {
+    /// What `rule` makes of a value; its text is read only when the action needs it, and a
+    /// replacement is text, not yet stored.
+    fn act(&self, rule: &Rule, text: impl FnOnce() -> String) -> Rewrite {
         match rule.action {
-            Action::Drop => Outcome::Drop,
-            Action::Hash => Outcome::Replace(self.hash(&text())),
+            Action::Drop => Rewrite::Drop,
+            Action::Hash => Rewrite::Replace(self.hash(&text())),
             Action::Truncate => {
                 let text = text();
                 if text.chars().count() > rule.max_chars {
-                    Outcome::Replace(truncate(&text, rule.max_chars))
+                    Rewrite::Replace(truncate(&text, rule.max_chars))
                 } else {
-                    Outcome::Keep
+                    Rewrite::Keep
                 }
             }
         }
@@ -299,9 +294,9 @@ impl Redactor {
         changed: &mut usize,
     ) -> bool {
         match self.act(rule, || text(value)) {
-            Outcome::Keep => return true,
-            Outcome::Drop => return false,
-            Outcome::Replace(new) => store(value, new),
+            Rewrite::Keep => return true,
+            Rewrite::Drop => return false,
+            Rewrite::Replace(new) => store(value, new),
         }
         *changed += 1;
         true
@@ -326,12 +321,15 @@ impl Redactor {
     fn mlflow_spans(&self, trace: &mut AssembledTrace) -> usize {
         let mut changed = 0;
         for span in &mut trace.trace.data.spans {
-            changed += self.map(
-                &mut span.attributes,
-                |key| self.rule(key),
-                |s| stored_text(s),
-                |v, t| *v = attributes::encode_str(&t),
-            );
+            changed += span.attributes.rewrite(|key, stored| {
+                let Some(rule) = self.rule(key) else {
+                    return Rewrite::Keep;
+                };
+                match self.act(rule, || stored_text(stored)) {
+                    Rewrite::Replace(text) => Rewrite::Replace(attributes::encode_str(&text)),
+                    keep_or_drop => keep_or_drop,
+                }
+            });
             for event in &mut span.events {
                 let name = &event.name;
                 changed += self.map(
@@ -413,10 +411,7 @@ mod tests {
     }
 
     fn attr<'a>(t: &'a AssembledTrace, span: usize, key: &str) -> Option<&'a str> {
-        t.trace.data.spans[span]
-            .attributes
-            .get(key)
-            .map(|v| v.as_str())
+        t.trace.data.spans[span].attributes.get(key)
     }
 
     fn otlp_attr(t: &AssembledTrace, key: &str) -> Option<String> {
@@ -424,7 +419,7 @@ mod tests {
             .attributes
             .iter()
             .find(|kv| &kv.key[..] == key.as_bytes())
-            .map(|kv| attributes::encode(ValueRef::of(kv.value.as_ref())).into())
+            .map(|kv| attributes::encode(ValueRef::of(kv.value.as_ref())))
     }
 
     fn chat_root() -> AssembledTrace {

@@ -344,8 +344,7 @@ impl SpanColumns {
             &mut self.attributes,
             span.attributes
                 .iter()
-                .filter(|(k, _)| *k != INPUTS && *k != OUTPUTS)
-                .map(|(k, v)| (&k[..], &v[..])),
+                .filter(|(k, _)| *k != INPUTS && *k != OUTPUTS),
         );
         self.push_events(span);
         self.push_links(span);
@@ -354,7 +353,7 @@ impl SpanColumns {
             .append_option(attribute_str(span, "mlflow.llm.model"));
         self.provider
             .append_option(attribute_str(span, "mlflow.llm.provider"));
-        let usage = span.attributes.get(TOKEN_USAGE).map(|u| u.as_str());
+        let usage = span.attributes.get(TOKEN_USAGE);
         self.tokens.append(tokens(usage));
         self.revision.append_value(revision);
     }
