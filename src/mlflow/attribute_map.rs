@@ -134,9 +134,17 @@ impl Attributes {
             Some(i) => self.entries[i].value = value,
             None => {
                 let key = self.append(key);
-                self.push(Entry { key, value });
+                self.push_entry(Entry { key, value });
             }
         }
+    }
+
+    /// Adds `key` last, without looking for it: `key` must be absent.
+    pub fn push(&mut self, key: &str, value: &str) {
+        debug_assert!(!self.contains_key(key), "{key} is already present");
+        let key = self.append(key);
+        let value = self.append(value);
+        self.push_entry(Entry { key, value });
     }
 
     /// Adds `key` last with the value of the attribute at `index`, which is shared, not copied.
@@ -148,7 +156,7 @@ impl Attributes {
         debug_assert!(!self.contains_key(key), "{key} is already present");
         let value = self.entries[index].value;
         let key = self.append(key);
-        self.push(Entry { key, value });
+        self.push_entry(Entry { key, value });
     }
 
     /// The keys, in order.
@@ -186,7 +194,7 @@ impl Attributes {
         changed
     }
 
-    fn push(&mut self, entry: Entry) {
+    fn push_entry(&mut self, entry: Entry) {
         self.entries.push(entry);
         let i = self.entries.len() - 1;
         match &mut self.index {
@@ -300,7 +308,9 @@ mod tests {
         // Replacing the shared value of one key leaves the other's.
         a.insert("a", "3");
         assert_eq!((a.get("a"), a.get("c")), (Some("3"), Some("\"x\"")));
-        assert_eq!(a.keys().collect::<Vec<_>>(), ["b", "a", "c"]);
+        a.push("d", "4");
+        assert_eq!(a.keys().collect::<Vec<_>>(), ["b", "a", "c", "d"]);
+        assert_eq!(a.get("d"), Some("4"));
     }
 
     #[test]

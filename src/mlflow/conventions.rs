@@ -446,9 +446,24 @@ fn from_events(events: &[SpanEvent], inputs: bool) -> Option<String> {
     (!messages.is_empty()).then(|| PyValue::List(messages).dumps_ascii())
 }
 
+/// The reserved attributes that translation fills, each with its bit in a [`Found`] mask above
+/// the conventions' bits.
+const RESERVED: [&str; 7] = [
+    INPUTS,
+    OUTPUTS,
+    TOKEN_USAGE,
+    MESSAGE_FORMAT,
+    TOOLS,
+    MODEL,
+    PROVIDER,
+];
+const RESERVED_SHIFT: usize = 16;
+const _: () = assert!(TRANSLATORS.len() <= RESERVED_SHIFT);
+
 /// For every attribute key a convention reads (and the fixed prefix of each numbered key), the
-/// set of conventions that read it, as a bit mask over [`TRANSLATORS`]. An exact key's mask also
-/// holds the bits of the prefixes it starts with, so only keys that miss need the prefix scan.
+/// set of conventions that read it, as a bit mask over [`TRANSLATORS`]; for each reserved key,
+/// its bit. An exact key's mask also holds the bits of the prefixes it starts with, so only keys
+/// that miss need the prefix scan.
 struct KeyIndex {
     keys: rustc_hash::FxHashMap<&'static str, u32>,
     prefixes: Vec<(&'static str, u32)>,
@@ -484,6 +499,9 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
             }
         }
     }
+    for (i, key) in RESERVED.into_iter().enumerate() {
+        keys.insert(key, 1 << (RESERVED_SHIFT + i));
+    }
     for (key, bits) in &mut keys {
         for (prefix, bit) in &prefixes {
             if key.starts_with(prefix) {
@@ -494,13 +512,13 @@ static KEY_INDEX: std::sync::LazyLock<KeyIndex> = std::sync::LazyLock::new(|| {
     KeyIndex { keys, prefixes }
 });
 
-/// The conventions that can match a span, as a bit mask over [`TRANSLATORS`]: found in one pass
-/// over the span's own keys, so that only they are probed (in MLflow's order), and spans of no
-/// known convention probe nothing.
+/// What one pass over a span's keys finds: the conventions that can match, so that only they
+/// are probed (in MLflow's order) and spans of no known convention probe nothing, and which
+/// reserved attributes are already set, so that translation looks none of them up.
 #[derive(Clone, Copy)]
-struct Candidates(u32);
+struct Found(u32);
 
-impl Candidates {
+impl Found {
     fn of(attrs: &Attributes) -> Self {
         let index = &*KEY_INDEX;
         let mut mask = 0u32;
@@ -514,10 +532,18 @@ impl Candidates {
                     .fold(0, |bits, (_, bit)| bits | bit),
             };
         }
-        Candidates(mask)
+        Found(mask)
     }
 
-    fn iter(self) -> impl Iterator<Item = &'static Translator> {
+    /// Whether the span had the reserved attribute `key`, one of [`RESERVED`].
+    fn has(self, key: &str) -> bool {
+        let i = RESERVED.iter().position(|r| *r == key);
+        debug_assert!(i.is_some(), "{key} is not reserved");
+        i.is_some_and(|i| self.0 & (1 << (RESERVED_SHIFT + i)) != 0)
+    }
+
+    /// The conventions that can match, in MLflow's order.
+    fn conventions(self) -> impl Iterator<Item = &'static Translator> {
         TRANSLATORS
             .iter()
             .enumerate()
@@ -540,16 +566,16 @@ fn redump(stored: &str) -> String {
 pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     // Only conventions with a key on this span can match; events and the model-in-inputs
     // fallback apply to every span.
-    let translators = Candidates::of(attrs);
+    let found = Found::of(attrs);
     let needs_type = attrs.get(SPAN_TYPE).is_none_or(|t| t == "\"UNKNOWN\"");
-    if needs_type && let Some(ty) = translators.iter().find_map(|t| span_type(attrs, t)) {
+    if needs_type && let Some(ty) = found.conventions().find_map(|t| span_type(attrs, t)) {
         attrs.insert(SPAN_TYPE, &super::json::dumps_str(ty));
     }
     for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
-        if attrs.contains_key(key) {
+        if found.has(key) {
             continue;
         }
-        let from_attributes = translators.iter().find_map(|t| {
+        let from_attributes = found.conventions().find_map(|t| {
             let (exact, numbered) = if inputs {
                 (t.inputs, t.numbered_inputs)
             } else {
@@ -561,49 +587,49 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             Some(i) => attrs.push_copy_of(key, i),
             None => {
                 if let Some(v) = from_events(events, inputs) {
-                    attrs.insert(key, &v);
+                    attrs.push(key, &v);
                 }
             }
         }
     }
-    if !attrs.contains_key(TOKEN_USAGE)
-        && let Some(u) = translators.iter().find_map(|t| usage(attrs, t))
+    if !found.has(TOKEN_USAGE)
+        && let Some(u) = found.conventions().find_map(|t| usage(attrs, t))
     {
-        attrs.insert(TOKEN_USAGE, &u.dumps());
+        attrs.push(TOKEN_USAGE, &u.dumps());
     }
-    if !attrs.contains_key(MESSAGE_FORMAT)
-        && let Some(format) = translators
-            .iter()
+    if !found.has(MESSAGE_FORMAT)
+        && let Some(format) = found
+            .conventions()
             .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
             .find_map(|t| t.message_format)
     {
-        attrs.insert(MESSAGE_FORMAT, &super::json::dumps_str(format));
+        attrs.push(MESSAGE_FORMAT, &super::json::dumps_str(format));
     }
-    if !attrs.contains_key(TOOLS)
-        && let Some(i) = translators
-            .iter()
+    if !found.has(TOOLS)
+        && let Some(i) = found
+            .conventions()
             .find_map(|t| first_present(attrs, t.tools))
     {
         attrs.push_copy_of(TOOLS, i);
     }
     // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
-    if !attrs.contains_key(MODEL) {
-        let model = translators
-            .iter()
+    if !found.has(MODEL) {
+        let model = found
+            .conventions()
             .find_map(|t| first_present(attrs, t.model))
             .map(|i| redump(attrs.value(i)))
             .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
         if let Some(m) = model {
-            attrs.insert(MODEL, &m);
+            attrs.push(MODEL, &m);
         }
     }
-    if !attrs.contains_key(PROVIDER)
-        && let Some(i) = translators
-            .iter()
+    if !found.has(PROVIDER)
+        && let Some(i) = found
+            .conventions()
             .find_map(|t| first_present(attrs, t.provider))
     {
         let provider = redump(attrs.value(i));
-        attrs.insert(PROVIDER, &provider);
+        attrs.push(PROVIDER, &provider);
     }
 }
 
