@@ -424,12 +424,17 @@ impl<'a> Reader<'a> {
         decode_key(&mut self.rest).map(Some).map_err(Fault::Prost)
     }
 
+    /// A varint; those of one or two bytes (every length below 16 KiB) are read here.
     #[inline]
     pub(super) fn varint(&mut self) -> Result<u64, Fault> {
-        match self.rest.first() {
-            Some(&b) if b < 0x80 => {
+        match *self.rest {
+            [b, ..] if b < 0x80 => {
                 self.rest = &self.rest[1..];
                 Ok(u64::from(b))
+            }
+            [low, high, ..] if high < 0x80 => {
+                self.rest = &self.rest[2..];
+                Ok(u64::from(low & 0x7f) | u64::from(high) << 7)
             }
             _ => decode_varint(&mut self.rest).map_err(Fault::Prost),
         }
@@ -455,6 +460,7 @@ impl<'a> Reader<'a> {
         self.whole.len() - self.rest.len()
     }
 
+    #[inline]
     pub(super) fn delimited(&mut self) -> Result<&'a [u8], Fault> {
         let len = self.varint()?;
         self.take(usize::try_from(len).map_err(|_| Fault::Truncated)?)
@@ -1061,6 +1067,34 @@ mod tests {
                 value: Some(value),
             }],
             ..testkit::span([1; 16], [1; 8], &[], "deep")
+        }
+    }
+
+    #[test]
+    fn varints_of_every_length_read_as_prost_reads_them() {
+        let mut cases: Vec<Vec<u8>> = [0, 1, 127, 128, 300, 16_383, 16_384, u64::MAX]
+            .iter()
+            .map(|&v| {
+                let mut buf = Vec::new();
+                encode_varint(v, &mut buf);
+                buf
+            })
+            .collect();
+        // Non-canonical encodings (zero padded) are valid protobuf, and truncated ones are not.
+        cases.extend([
+            vec![0x80, 0x00],
+            vec![0xff, 0x00, 7],
+            vec![0x80],
+            vec![0xff, 0xff],
+        ]);
+        for case in cases {
+            let mut reader = Reader::new(&case);
+            let mut rest = case.as_slice();
+            let expected = decode_varint(&mut rest).map_err(|_| ());
+            assert_eq!(reader.varint().map_err(|_| ()), expected, "{case:02x?}");
+            if expected.is_ok() {
+                assert_eq!(reader.rest, rest, "{case:02x?} consumes the same bytes");
+            }
         }
     }
 
