@@ -13,6 +13,7 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 
 use super::json::{PyValue, needs_escape, write_str};
+use super::json_check::loads_as_container_or_string;
 use crate::otlp::text;
 use crate::otlp::view::ValueRef;
 
@@ -61,21 +62,11 @@ pub fn encode_str(s: &str) -> String {
 }
 
 fn encode_str_into(s: &str, out: &mut String) {
-    if is_json_container_or_string(s) {
+    if loads_as_container_or_string(s) {
         out.push_str(s);
     } else {
         write_str(s, out);
     }
-}
-
-/// Whether `json.loads(s)` would return a `str`, `dict` or `list`.
-///
-/// Only text starting (after whitespace) with `"`, `{` or `[` can, so most values are decided
-/// by one byte without parsing.
-fn is_json_container_or_string(s: &str) -> bool {
-    let head = s.trim_start_matches([' ', '\t', '\n', '\r']);
-    matches!(head.as_bytes().first(), Some(b'"' | b'{' | b'['))
-        && serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
 }
 
 /// Reads a stored value back as MLflow's readers do: `json.loads`, else the raw text.
@@ -291,7 +282,7 @@ mod properties {
         fn plain_strings_store_as_their_json_encoding(
             s in "[a-zé✓ \\\"\\\\\\x00-\\x1f]{0,30}",
         ) {
-            prop_assume!(!is_json_container_or_string(&s));
+            prop_assume!(!loads_as_container_or_string(&s));
             prop_assert_eq!(encode_str(&s), crate::mlflow::json::dumps_str(&s));
         }
 
@@ -302,7 +293,7 @@ mod properties {
         fn stored_values_read_back_as_mlflow_reads_them(v in any_value()) {
             let stored = encode(ValueRef::of(Some(&v)));
             let expected = match &v.value {
-                Some(Value::StringValue(s)) if is_json_container_or_string(&text(s)) => read(&text(s)),
+                Some(Value::StringValue(s)) if loads_as_container_or_string(&text(s)) => read(&text(s)),
                 _ => decode(ValueRef::of(Some(&v))),
             };
             prop_assert_eq!(read(&stored), expected);

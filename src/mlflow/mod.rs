@@ -6,7 +6,8 @@
 //!   provider from GenAI semconv, OpenInference, Traceloop and others.
 //! - [`trace`]: a trace's spans → `TraceInfo` (state, times, previews, session, user, usage, tags),
 //!   a pure function of the spans so it can be recomputed when a late span arrives.
-//! - [`attributes`] and [`json`]: MLflow's JSON-in-string attribute encoding, byte for byte;
+//! - [`attributes`] and [`json`]: MLflow's JSON-in-string attribute encoding, byte for byte,
+//!   [`json_check`] deciding which strings are kept as JSON as Python's `json.loads` decides;
 //!   [`usage`] reads stored token usage field by field; [`attribute_map`] holds a span's stored
 //!   attributes.
 //! - [`trace_json`]: the trace's JSON written straight into a string, for the sinks.
@@ -17,6 +18,7 @@ pub mod attribute_map;
 pub mod attributes;
 pub mod conventions;
 pub mod json;
+pub mod json_check;
 pub mod preview;
 pub mod span;
 pub mod trace;

@@ -275,6 +275,96 @@ fn a_real_mlflow_server_builds_the_same_traces_from_the_same_requests() {
     assert_eq!(summary["cases"], generated_cases().len());
 }
 
+/// Strings near the line between JSON and not, as Python draws it: values built from JSON's
+/// parts and Python's extras (`NaN`, `Infinity`, lone surrogate escapes), some damaged by one
+/// inserted fragment. Pseudo-random with a fixed seed, so a failure repeats.
+fn jsonish_strings(count: usize) -> Vec<String> {
+    const LEAVES: &[&str] = &[
+        "null",
+        "true",
+        "-0",
+        "12",
+        "1.5e-3",
+        "NaN",
+        "-Infinity",
+        "Infinity",
+        r#""v""#,
+        r#""\ud800""#,
+        r#""\u00e9\n\"""#,
+        r#""é ✓""#,
+        "\"tab\tinside\"",
+    ];
+    const DAMAGE: &[&str] = &[
+        ",", "]", "}", ":", "\"", "\\", ".", "e", "0", "nan", "\\x", " ",
+    ];
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % below as u64).unwrap()
+    };
+    fn value(next: &mut impl FnMut(usize) -> usize, depth: usize) -> String {
+        match if depth == 0 { 0 } else { next(4) } {
+            0 | 1 => LEAVES[next(LEAVES.len())].to_string(),
+            2 => {
+                let items: Vec<_> = (0..next(4)).map(|_| value(next, depth - 1)).collect();
+                format!("[{}]", items.join(", "))
+            }
+            _ => {
+                let fields: Vec<_> = (0..next(4))
+                    .map(|i| format!("\"k{i}\": {}", value(next, depth - 1)))
+                    .collect();
+                format!("{{{}}}", fields.join(", "))
+            }
+        }
+    }
+    (0..count)
+        .map(|_| {
+            let mut text = value(&mut next, 4);
+            if next(3) == 0 {
+                let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+                text.insert_str(cuts[next(cuts.len())], DAMAGE[next(DAMAGE.len())]);
+            }
+            text
+        })
+        .collect()
+}
+
+#[test]
+fn string_attributes_are_kept_as_json_exactly_where_mlflow_keeps_them() {
+    let mut strings = jsonish_strings(3000);
+    let deep = |n| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    strings.extend([deep(200), " [NaN] ".to_string(), "\u{feff}[]".to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strings.jsonl");
+    let lines: Vec<String> = strings
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap())
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let stdout = run_script(
+        "attribute_strings.py",
+        &path,
+        "MLflow could not store the strings",
+    );
+    let expected: Vec<String> = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(expected.len(), strings.len());
+    let kept = strings
+        .iter()
+        .zip(&expected)
+        .filter(|(s, e)| s == e)
+        .count();
+    assert!(
+        (300..2700).contains(&kept),
+        "the strings straddle the line: {kept} of {} kept as JSON",
+        strings.len()
+    );
+    for (s, expected) in strings.iter().zip(&expected) {
+        assert_eq!(&mlflow::attributes::encode_str(s), expected, "for {s:?}");
+    }
+}
+
 /// Runs `tests/python/<script> <arg>` in the MLflow venv; fails with `what` and its output unless
 /// it exits 0. Returns its stdout.
 pub fn run_script(script: &str, arg: &std::path::Path, what: &str) -> String {
