@@ -27,6 +27,10 @@ pub struct Attributes {
     entries: Vec<Entry>,
     /// Entry indexes by key hash, once there are [`SCAN_LIMIT`] entries.
     index: Option<HashTable<usize>>,
+    /// The [`filter_bit`]s of the keys added: a key whose bit is clear is absent, found so
+    /// without a scan (most lookups, and the check for a repeated key on every insert, miss).
+    /// A removed key's bit may stay set.
+    filter: u64,
 }
 
 /// Where one attribute's key and value sit in the text.
@@ -60,6 +64,7 @@ impl Attributes {
             text: String::with_capacity(text),
             entries: Vec::with_capacity(entries),
             index: None,
+            filter: 0,
         }
     }
 
@@ -90,6 +95,9 @@ impl Attributes {
         // Lengths first: a span's keys mostly differ in length, and hashing the key cost more
         // than the scan it would save.
         let same = |e: &Entry| e.key.len == key.len() && self.bytes(e.key) == key.as_bytes();
+        if self.filter & filter_bit(key.as_bytes()) == 0 {
+            return None;
+        }
         match &self.index {
             Some(index) => index
                 .find(hash(key.as_bytes()), |&i| same(&self.entries[i]))
@@ -195,6 +203,7 @@ impl Attributes {
     }
 
     fn push_entry(&mut self, entry: Entry) {
+        self.filter |= filter_bit(self.bytes(entry.key));
         self.entries.push(entry);
         let i = self.entries.len() - 1;
         match &mut self.index {
@@ -240,6 +249,14 @@ impl Attributes {
 
 fn bytes(text: &str, s: Slice) -> &[u8] {
     &text.as_bytes()[s.start..s.start + s.len]
+}
+
+/// One of 64 bits for a key, from its length and last byte, which tell a span's keys apart far
+/// more often than their shared prefixes (`gen_ai.`, `mlflow.`) do.
+fn filter_bit(key: &[u8]) -> u64 {
+    let last = u32::from(key.last().copied().unwrap_or(0));
+    // Truncating the length is harmless: the bit only has to be the same for equal keys.
+    1 << (((key.len() as u32).wrapping_mul(7) ^ last) % 64)
 }
 
 fn hash(key: &[u8]) -> u64 {
@@ -377,6 +394,9 @@ mod tests {
                 }
             }
             same(&map, &expected)?;
+            for (k, _) in &pairs {
+                prop_assert_eq!(map.get(k).is_some(), expected.contains_key(k), "{}", k);
+            }
             map.insert("new", "1");
             expected.insert("new".into(), "1".into());
             same(&map, &expected)?;
