@@ -211,7 +211,8 @@ impl Attributes {
                 let key_hash = |&j: &usize| hash(bytes(&self.text, self.entries[j].key));
                 index.insert_unique(key_hash(&i), i, key_hash);
             }
-            None => self.reindex(),
+            None if self.entries.len() >= SCAN_LIMIT => self.reindex(),
+            None => {}
         }
     }
 
