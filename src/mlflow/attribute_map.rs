@@ -92,12 +92,12 @@ impl Attributes {
 
     /// The index of `key`.
     pub fn position(&self, key: &str) -> Option<usize> {
-        // Lengths first: a span's keys mostly differ in length, and hashing the key cost more
-        // than the scan it would save.
-        let same = |e: &Entry| e.key.len == key.len() && self.bytes(e.key) == key.as_bytes();
         if self.filter & filter_bit(key.as_bytes()) == 0 {
             return None;
         }
+        // Lengths first: a span's keys mostly differ in length, and hashing the key cost more
+        // than the scan it would save.
+        let same = |e: &Entry| e.key.len == key.len() && self.bytes(e.key) == key.as_bytes();
         match &self.index {
             Some(index) => index
                 .find(hash(key.as_bytes()), |&i| same(&self.entries[i]))

@@ -152,8 +152,7 @@ impl Scanner<'_> {
             b'f' => self.literal(b"false"),
             b'N' => self.literal(b"NaN"),
             b'I' => self.literal(b"Infinity"),
-            b'-' if self.text[self.at + 1..].starts_with(b"Infinity") => self.literal(b"-Infinity"),
-            _ => self.number(),
+            _ => self.literal(b"-Infinity").or_else(|| self.number()),
         }
     }
 
