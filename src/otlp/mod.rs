@@ -22,8 +22,9 @@ pub mod wire;
 
 /// Reads an OTLP string field; invalid UTF-8 is replaced by U+FFFD.
 pub fn text(field: &[u8]) -> Cow<'_, str> {
-    // The strict check is much faster than the lossy scan, and almost every field passes it.
-    match std::str::from_utf8(field) {
+    // The strict check is much faster than the lossy scan, and almost every field passes it;
+    // simdutf8's is std's, vectorized (the same answer; it was 5% of a loaded pipeline's CPU).
+    match simdutf8::basic::from_utf8(field) {
         Ok(s) => Cow::Borrowed(s),
         Err(_) => String::from_utf8_lossy(field),
     }
