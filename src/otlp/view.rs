@@ -275,6 +275,13 @@ impl<'a> ValueRef<'a> {
 
     /// An encoded `AnyValue`.
     fn parse(buf: &'a [u8]) -> Self {
+        // Most values are one string field: read it without the general loop.
+        let mut reader = Reader::new(buf);
+        if let Some(s) = reader.delimited_if(delimited_key(1))
+            && reader.at_end()
+        {
+            return Self::Str(s);
+        }
         let mut value = Self::Empty;
         for (tag, field) in Fields::new(buf) {
             value = match (tag, field) {
@@ -333,20 +340,43 @@ impl<'a> Iterator for KeyValues<'a> {
                 .next()
                 .map(|kv| (&kv.key[..], ValueRef::of(kv.value.as_ref()))),
             Self::Encoded(fields, number) => {
-                let kv = fields.find_map(|(tag, field)| match field {
-                    Field::Bytes(b) if tag == *number => Some(b),
-                    _ => None,
-                })?;
-                let (mut key, mut value) = (&[][..], ValueRef::Empty);
-                for (tag, field) in Fields::new(kv) {
-                    match (tag, field) {
-                        (1, Field::Bytes(b)) => key = b,
-                        (2, Field::Bytes(b)) => value = ValueRef::parse(b),
-                        _ => {}
-                    }
-                }
-                Some((key, value))
+                let number = *number;
+                let kv = match fields.reader.delimited_if(delimited_key(number)) {
+                    Some(kv) => kv,
+                    None => fields.find_map(|(tag, field)| match field {
+                        Field::Bytes(b) if tag == number => Some(b),
+                        _ => None,
+                    })?,
+                };
+                Some(key_value(kv))
             }
         }
     }
+}
+
+/// An encoded `KeyValue`'s key and value.
+fn key_value(kv: &[u8]) -> (&[u8], ValueRef<'_>) {
+    // The layout every encoder writes, the key then the value, each once, is read without the
+    // general loop (which also reads repeated occurrences, keeping the last as prost does).
+    let mut reader = Reader::new(kv);
+    if let Some(key) = reader.delimited_if(delimited_key(1))
+        && let Some(value) = reader.delimited_if(delimited_key(2))
+        && reader.at_end()
+    {
+        return (key, ValueRef::parse(value));
+    }
+    let (mut key, mut value) = (&[][..], ValueRef::Empty);
+    for (tag, field) in Fields::new(kv) {
+        match (tag, field) {
+            (1, Field::Bytes(b)) => key = b,
+            (2, Field::Bytes(b)) => value = ValueRef::parse(b),
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
+/// The one-byte key of length-delimited field `number` (every OTLP field number is below 16).
+const fn delimited_key(number: u32) -> u8 {
+    (number << 3) as u8 | WireType::LengthDelimited as u8
 }

@@ -466,6 +466,29 @@ impl<'a> Reader<'a> {
         self.take(usize::try_from(len).map_err(|_| Fault::Truncated)?)
     }
 
+    /// The payload of the next field when its one-byte key is `key` (a length-delimited field's),
+    /// else `None` with the cursor unmoved: the views' fast path for the layout every encoder
+    /// writes.
+    #[inline]
+    pub(super) fn delimited_if(&mut self, key: u8) -> Option<&'a [u8]> {
+        let (&first, rest) = self.rest.split_first()?;
+        if first != key {
+            return None;
+        }
+        let before = self.rest;
+        self.rest = rest;
+        let payload = self.delimited().ok();
+        if payload.is_none() {
+            self.rest = before;
+        }
+        payload
+    }
+
+    /// Whether every field has been read.
+    pub(super) fn at_end(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// A length-delimited field as a slice of the reader's `Bytes`, without copying.
     fn bytes(&mut self, wire_type: WireType) -> Result<Bytes, Fault> {
         if wire_type != WireType::LengthDelimited {
@@ -961,6 +984,69 @@ mod tests {
             blocks[0].scopes[0].spans[0].head.trace_id.get(),
             Some([6; 16])
         );
+    }
+
+    /// Views read the usual `KeyValue` layout (key, then a value of one string) by a fast path;
+    /// any other layout must still read as prost decodes it: the value first, the key twice or
+    /// around the value, a string value followed by another variant or an unknown field, and
+    /// attributes split by another span field. One span per layout, so that a span re-encoded
+    /// for being non-canonical leaves the others as sent.
+    #[test]
+    fn key_values_in_unusual_layouts_read_as_prost_decodes_them() {
+        let string = |s: &[u8]| {
+            let mut v = Vec::new();
+            field(1, WireType::LengthDelimited, s, &mut v);
+            v
+        };
+        let mut then_int = string(b"first");
+        field(3, WireType::Varint, &[7], &mut then_int);
+        let mut then_unknown = string(b"kept");
+        field(12, WireType::Varint, &[1], &mut then_unknown);
+        let layouts: [&[(u32, &[u8])]; 6] = [
+            &[(2, &string(b"v")), (1, b"value.first")],
+            &[(1, b"key.before"), (2, &string(b"v")), (1, b"key.after")],
+            &[(1, b"old.key"), (1, b"new.key"), (2, &string(b"v"))],
+            &[(1, b"then.int"), (2, &then_int)],
+            &[(1, b"unknown"), (2, &then_unknown)],
+            &[(1, b"usual"), (2, &string(b"v"))],
+        ];
+        let spans: Vec<Vec<u8>> = layouts
+            .iter()
+            .map(|layout| {
+                let mut kv = Vec::new();
+                for (tag, payload) in layout.iter() {
+                    field(*tag, WireType::LengthDelimited, payload, &mut kv);
+                }
+                let mut span = testkit::span([1; 16], [1; 8], &[], "layout").encode_to_vec();
+                field(9, WireType::LengthDelimited, &kv, &mut span);
+                field(5, WireType::LengthDelimited, b"renamed", &mut span);
+                field(9, WireType::LengthDelimited, &kv, &mut span);
+                span
+            })
+            .collect();
+        let buf = request_of_spans(&spans.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        reads_as_prost_decodes(&buf).unwrap();
+        let blocks = read_resource_spans(&Bytes::from(buf), 1).unwrap();
+        let keys: Vec<Vec<u8>> = blocks[0].scopes[0]
+            .spans
+            .iter()
+            .flat_map(|s| {
+                crate::otlp::view::SpanView::new(&s.encoded)
+                    .attributes()
+                    .map(|(k, _)| k.to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .step_by(2)
+            .collect();
+        let expected: [&[u8]; 6] = [
+            b"value.first",
+            b"key.after",
+            b"new.key",
+            b"then.int",
+            b"unknown",
+            b"usual",
+        ];
+        assert_eq!(keys, expected);
     }
 
     #[test]
