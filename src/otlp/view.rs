@@ -12,7 +12,7 @@
 
 use prost::encoding::WireType;
 
-use super::wire::{Fault, RECURSION_LIMIT, Reader};
+use super::wire::{Fault, RECURSION_LIMIT, Reader, delimited_key, only_string, usual_key_value};
 
 use super::{AnyValue, KeyValue};
 
@@ -276,10 +276,7 @@ impl<'a> ValueRef<'a> {
     /// An encoded `AnyValue`.
     fn parse(buf: &'a [u8]) -> Self {
         // Most values are one string field: read it without the general loop.
-        let mut reader = Reader::new(buf);
-        if let Some(s) = reader.delimited_if(delimited_key(1))
-            && reader.at_end()
-        {
+        if let Some(s) = only_string(buf) {
             return Self::Str(s);
         }
         let mut value = Self::Empty;
@@ -356,13 +353,9 @@ impl<'a> Iterator for KeyValues<'a> {
 
 /// An encoded `KeyValue`'s key and value.
 fn key_value(kv: &[u8]) -> (&[u8], ValueRef<'_>) {
-    // The layout every encoder writes, the key then the value, each once, is read without the
-    // general loop (which also reads repeated occurrences, keeping the last as prost does).
-    let mut reader = Reader::new(kv);
-    if let Some(key) = reader.delimited_if(delimited_key(1))
-        && let Some(value) = reader.delimited_if(delimited_key(2))
-        && reader.at_end()
-    {
+    // The usual layout is read without the general loop (which also reads repeated
+    // occurrences, keeping the last as prost does).
+    if let Some((key, value)) = usual_key_value(kv) {
         return (key, ValueRef::parse(value));
     }
     let (mut key, mut value) = (&[][..], ValueRef::Empty);
@@ -374,9 +367,4 @@ fn key_value(kv: &[u8]) -> (&[u8], ValueRef<'_>) {
         }
     }
     (key, value)
-}
-
-/// The one-byte key of length-delimited field `number` (every OTLP field number is below 16).
-const fn delimited_key(number: u32) -> u8 {
-    (number << 3) as u8 | WireType::LengthDelimited as u8
 }

@@ -307,10 +307,61 @@ impl Msg {
     }
 }
 
+/// The layout every encoder writes for a `KeyValue`: the key, then the value, each once and
+/// nothing else. `(key, value)`, or `None` for any other layout (which the general loops read).
+pub(super) fn usual_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut reader = Reader::new(kv);
+    let key = reader.delimited_if(delimited_key(1))?;
+    let value = reader.delimited_if(delimited_key(2))?;
+    reader.at_end().then_some((key, value))
+}
+
+/// The string of an `AnyValue` made of its `string_value` alone, as most are.
+pub(super) fn only_string(value: &[u8]) -> Option<&[u8]> {
+    let mut reader = Reader::new(value);
+    let string = reader.delimited_if(delimited_key(1))?;
+    reader.at_end().then_some(string)
+}
+
+/// Whether an `AnyValue` is one scalar variant and nothing else (valid and canonical): a
+/// string, bool, int, double or bytes value.
+fn one_scalar(value: &[u8]) -> bool {
+    let mut reader = Reader::new(value);
+    let Some((&key, rest)) = value.split_first() else {
+        return false;
+    };
+    let read = match key {
+        0x0a | 0x3a => reader.delimited_if(key).is_some(),
+        0x10 | 0x18 => {
+            reader.rest = rest;
+            reader.varint().is_ok()
+        }
+        0x21 => {
+            reader.rest = rest;
+            reader.fixed64().is_ok()
+        }
+        _ => false,
+    };
+    read && reader.at_end()
+}
+
+/// The one-byte key of length-delimited field `number` (every OTLP field number is below 16).
+pub(super) const fn delimited_key(number: u32) -> u8 {
+    (number << 3) as u8 | WireType::LengthDelimited as u8
+}
+
 /// Checks message `msg` in `buf`, whose fields may nest `depth` more messages, noting the span's
 /// ids and times in `head` when given. `Ok(false)` when a singular message field occurs more
 /// than once somewhere inside: prost merges the occurrences, so the message is not canonical.
 fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> Result<bool, Fault> {
+    // Most messages checked are string attributes in the usual layout: valid and canonical,
+    // with the value one level down.
+    if matches!(msg, Msg::KeyValue)
+        && depth > 0
+        && usual_key_value(buf).is_some_and(|(_, value)| one_scalar(value))
+    {
+        return Ok(true);
+    }
     let mut reader = Reader::new(buf);
     let mut canonical = true;
     let mut singular_seen = false;
@@ -1047,6 +1098,35 @@ mod tests {
             b"usual",
         ];
         assert_eq!(keys, expected);
+    }
+
+    /// The check's fast path takes an attribute of one scalar value in the usual layout as valid;
+    /// every scalar kind, and each damaged at its end, is accepted or refused as prost does.
+    #[test]
+    fn scalar_attributes_are_checked_as_prost_decodes_them() {
+        let ten_byte_varint = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        let values: [&[u8]; 11] = [
+            &[0x0a, 2, b'h', b'i'],
+            &[0x10, 1],
+            &[0x18, 0x96, 0x01],
+            &[0x21, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f],
+            &[0x3a, 1, 0xff],
+            &[&[0x18][..], &ten_byte_varint].concat(),
+            &[&[0x18][..], &ten_byte_varint[..9], &[0x80, 0x01]].concat(),
+            &[0x21, 0, 0, 0, 0, 0, 0, 0xf0],
+            &[0x0a, 5, b'h', b'i'],
+            &[0x18],
+            &[0x10, 1, 0x18],
+        ];
+        for value in values {
+            let mut kv = Vec::new();
+            field(1, WireType::LengthDelimited, b"key", &mut kv);
+            field(2, WireType::LengthDelimited, value, &mut kv);
+            let mut span = testkit::span([1; 16], [1; 8], &[], "scalar").encode_to_vec();
+            field(9, WireType::LengthDelimited, &kv, &mut span);
+            let buf = request_of_spans(&[&span]);
+            reads_as_prost_decodes(&buf).unwrap();
+        }
     }
 
     #[test]
