@@ -132,12 +132,7 @@ impl Attributes {
     /// Sets `key` to the value that `write` appends to the text, without an intermediate copy:
     /// in place when present, else last.
     pub fn insert_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
-        let start = self.text.len();
-        write(&mut self.text);
-        let value = Slice {
-            start,
-            len: self.text.len() - start,
-        };
+        let value = self.append_with(write);
         match self.position(key) {
             Some(i) => self.entries[i].value = value,
             None => {
@@ -149,9 +144,15 @@ impl Attributes {
 
     /// Adds `key` last, without looking for it: `key` must be absent.
     pub fn push(&mut self, key: &str, value: &str) {
+        self.push_with(key, |text| text.push_str(value));
+    }
+
+    /// Adds `key` last with the value that `write` appends to the text, without looking for
+    /// the key: `key` must be absent.
+    pub fn push_with(&mut self, key: &str, write: impl FnOnce(&mut String)) {
         debug_assert!(!self.contains_key(key), "{key} is already present");
         let key = self.append(key);
-        let value = self.append(value);
+        let value = self.append_with(write);
         self.push_entry(Entry { key, value });
     }
 
@@ -230,11 +231,16 @@ impl Attributes {
     }
 
     fn append(&mut self, s: &str) -> Slice {
+        self.append_with(|text| text.push_str(s))
+    }
+
+    /// The slice of what `write` appends to the text.
+    fn append_with(&mut self, write: impl FnOnce(&mut String)) -> Slice {
         let start = self.text.len();
-        self.text.push_str(s);
+        write(&mut self.text);
         Slice {
             start,
-            len: s.len(),
+            len: self.text.len() - start,
         }
     }
 

@@ -7,7 +7,7 @@
 //! tools, model, provider.
 
 use super::attributes;
-use super::json::PyValue;
+use super::json::{PyValue, write_str};
 use super::span::{Attributes, SpanEvent};
 use super::usage::TokenCounts;
 
@@ -348,9 +348,7 @@ fn span_type(attrs: &Attributes, t: &Translator) -> Option<&'static str> {
     if t.kind_key.is_empty() {
         return None;
     }
-    let PyValue::Str(kind) = attributes::read(attrs.get(t.kind_key)?) else {
-        return None;
-    };
+    let kind = attributes::read_str(attrs.get(t.kind_key)?)?;
     t.kinds.iter().find(|(k, _)| *k == kind).map(|(_, ty)| *ty)
 }
 
@@ -552,12 +550,15 @@ impl Found {
     }
 }
 
-/// `json.dumps(json.loads(stored))`, as MLflow re-encodes model and provider; a plain string
-/// (no escapes) is its own re-encoding.
-fn redump(stored: &str) -> String {
-    match attributes::plain_str(stored) {
-        Some(_) => stored.to_string(),
-        None => attributes::read(stored).dumps(),
+/// Adds `key` with `json.dumps(json.loads(v))` of the value `v` at `index`, as MLflow re-encodes
+/// model and provider. A plain string (no escapes) is its own re-encoding, and shared.
+fn push_redumped(attrs: &mut Attributes, key: &str, index: usize) {
+    let stored = attrs.value(index);
+    if attributes::plain_str(stored).is_some() {
+        attrs.push_copy_of(key, index);
+    } else {
+        let value = attributes::read(stored).dumps();
+        attrs.push(key, &value);
     }
 }
 
@@ -569,7 +570,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     let found = Found::of(attrs);
     let needs_type = attrs.get(SPAN_TYPE).is_none_or(|t| t == "\"UNKNOWN\"");
     if needs_type && let Some(ty) = found.conventions().find_map(|t| span_type(attrs, t)) {
-        attrs.insert(SPAN_TYPE, &super::json::dumps_str(ty));
+        attrs.insert_with(SPAN_TYPE, |out| write_str(ty, out));
     }
     for (key, inputs) in [(INPUTS, true), (OUTPUTS, false)] {
         if found.has(key) {
@@ -595,7 +596,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     if !found.has(TOKEN_USAGE)
         && let Some(u) = found.conventions().find_map(|t| usage(attrs, t))
     {
-        attrs.push(TOKEN_USAGE, &u.dumps());
+        attrs.push_with(TOKEN_USAGE, |out| u.dump_into(out));
     }
     if !found.has(MESSAGE_FORMAT)
         && let Some(format) = found
@@ -603,7 +604,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .filter(|t| !t.kind_key.is_empty() && attrs.contains_key(t.kind_key))
             .find_map(|t| t.message_format)
     {
-        attrs.push(MESSAGE_FORMAT, &super::json::dumps_str(format));
+        attrs.push_with(MESSAGE_FORMAT, |out| write_str(format, out));
     }
     if !found.has(TOOLS)
         && let Some(i) = found
@@ -614,13 +615,16 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     }
     // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
     if !found.has(MODEL) {
-        let model = found
+        match found
             .conventions()
             .find_map(|t| first_present(attrs, t.model))
-            .map(|i| redump(attrs.value(i)))
-            .or_else(|| model_from_io(attrs).map(|m| super::json::dumps_str(&m)));
-        if let Some(m) = model {
-            attrs.push(MODEL, &m);
+        {
+            Some(i) => push_redumped(attrs, MODEL, i),
+            None => {
+                if let Some(m) = model_from_io(attrs) {
+                    attrs.push_with(MODEL, |out| write_str(&m, out));
+                }
+            }
         }
     }
     if !found.has(PROVIDER)
@@ -628,8 +632,7 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
             .conventions()
             .find_map(|t| first_present(attrs, t.provider))
     {
-        let provider = redump(attrs.value(i));
-        attrs.push(PROVIDER, &provider);
+        push_redumped(attrs, PROVIDER, i);
     }
 }
 

@@ -23,8 +23,15 @@ pub struct TokenCounts {
 
 impl TokenCounts {
     /// The usage dict MLflow stores, `json.dumps` of the counts present, in MLflow's key order.
-    /// Written directly: it is built for every LLM span, and its keys need no escaping.
     pub fn dumps(&self) -> String {
+        let mut out = String::with_capacity(96);
+        self.dump_into(&mut out);
+        out
+    }
+
+    /// Appends [`TokenCounts::dumps`] to `out`. Written directly: it is built for every LLM
+    /// span, straight into the span's attribute text, and its keys need no escaping.
+    pub fn dump_into(&self, out: &mut String) {
         let fields = [
             ("input_tokens", self.input),
             ("output_tokens", self.output),
@@ -32,19 +39,19 @@ impl TokenCounts {
             ("cache_read_input_tokens", self.cache_read),
             ("cache_creation_input_tokens", self.cache_creation),
         ];
-        let mut out = String::with_capacity(96);
         out.push('{');
+        let mut first = true;
         for (key, n) in fields.into_iter().filter_map(|(k, n)| Some((k, n?))) {
-            if out.len() > 1 {
+            if !first {
                 out.push_str(", ");
             }
+            first = false;
             out.push('"');
             out.push_str(key);
             out.push_str("\": ");
             out.push_str(itoa::Buffer::new().format(n));
         }
         out.push('}');
-        out
     }
 }
 
@@ -100,6 +107,13 @@ mod tests {
             r#"{"total_tokens": 9, "cache_read_input_tokens": 4}"#
         );
         assert_eq!(TokenCounts::default().dumps(), "{}");
+        // Appended after other text, as into a span's attribute buffer.
+        let mut buffer = String::from("\"x\"");
+        some.dump_into(&mut buffer);
+        assert_eq!(
+            buffer,
+            r#""x"{"total_tokens": 9, "cache_read_input_tokens": 4}"#
+        );
     }
 
     #[test]
