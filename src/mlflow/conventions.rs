@@ -615,16 +615,13 @@ pub fn translate(attrs: &mut Attributes, events: &[SpanEvent]) {
     }
     // Model and provider are decoded, then encoded again (`dump_span_attribute_value`).
     if !found.has(MODEL) {
-        match found
+        if let Some(i) = found
             .conventions()
             .find_map(|t| first_present(attrs, t.model))
         {
-            Some(i) => push_redumped(attrs, MODEL, i),
-            None => {
-                if let Some(m) = model_from_io(attrs) {
-                    attrs.push_with(MODEL, |out| write_str(&m, out));
-                }
-            }
+            push_redumped(attrs, MODEL, i);
+        } else if let Some(m) = model_from_io(attrs) {
+            attrs.push_with(MODEL, |out| write_str(&m, out));
         }
     }
     if !found.has(PROVIDER)

@@ -327,19 +327,10 @@ pub(super) fn only_string(value: &[u8]) -> Option<&[u8]> {
 /// string, bool, int, double or bytes value.
 fn one_scalar(value: &[u8]) -> bool {
     let mut reader = Reader::new(value);
-    let Some((&key, rest)) = value.split_first() else {
-        return false;
-    };
-    let read = match key {
-        0x0a | 0x3a => reader.delimited_if(key).is_some(),
-        0x10 | 0x18 => {
-            reader.rest = rest;
-            reader.varint().is_ok()
-        }
-        0x21 => {
-            reader.rest = rest;
-            reader.fixed64().is_ok()
-        }
+    let read = match reader.key() {
+        Ok(Some((1 | 7, WireType::LengthDelimited))) => reader.delimited().is_ok(),
+        Ok(Some((2 | 3, WireType::Varint))) => reader.varint().is_ok(),
+        Ok(Some((4, WireType::SixtyFourBit))) => reader.fixed64().is_ok(),
         _ => false,
     };
     read && reader.at_end()
@@ -354,8 +345,8 @@ pub(super) const fn delimited_key(number: u32) -> u8 {
 /// ids and times in `head` when given. `Ok(false)` when a singular message field occurs more
 /// than once somewhere inside: prost merges the occurrences, so the message is not canonical.
 fn check(msg: Msg, buf: &[u8], depth: u32, mut head: Option<&mut SpanHead>) -> Result<bool, Fault> {
-    // Most messages checked are string attributes in the usual layout: valid and canonical,
-    // with the value one level down.
+    // Most messages checked are attributes of one scalar value in the usual layout: valid and
+    // canonical, with the value one level down.
     if matches!(msg, Msg::KeyValue)
         && depth > 0
         && usual_key_value(buf).is_some_and(|(_, value)| one_scalar(value))
