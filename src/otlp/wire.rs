@@ -326,19 +326,33 @@ pub(super) fn only_string(value: &[u8]) -> Option<&[u8]> {
 /// Whether an `AnyValue` is one scalar variant and nothing else (valid and canonical): a
 /// string, bool, int, double or bytes value.
 fn one_scalar(value: &[u8]) -> bool {
-    let mut reader = Reader::new(value);
-    let read = match reader.key() {
-        Ok(Some((1 | 7, WireType::LengthDelimited))) => reader.delimited().is_ok(),
-        Ok(Some((2 | 3, WireType::Varint))) => reader.varint().is_ok(),
-        Ok(Some((4, WireType::SixtyFourBit))) => reader.fixed64().is_ok(),
+    const STRING: u8 = delimited_key(1);
+    const BOOL: u8 = one_byte_key(2, WireType::Varint);
+    const INT: u8 = one_byte_key(3, WireType::Varint);
+    const DOUBLE: u8 = one_byte_key(4, WireType::SixtyFourBit);
+    const BYTES: u8 = delimited_key(7);
+    // Matched by key byte rather than through `Reader::key`: this runs for every attribute.
+    let Some((&key, rest)) = value.split_first() else {
+        return false;
+    };
+    let mut reader = Reader::new(rest);
+    let read = match key {
+        STRING | BYTES => reader.delimited().is_ok(),
+        BOOL | INT => reader.varint().is_ok(),
+        DOUBLE => reader.fixed64().is_ok(),
         _ => false,
     };
     read && reader.at_end()
 }
 
-/// The one-byte key of length-delimited field `number` (every OTLP field number is below 16).
+/// The one-byte key of field `number` (every OTLP field number is below 16).
+const fn one_byte_key(number: u32, wire_type: WireType) -> u8 {
+    (number << 3) as u8 | wire_type as u8
+}
+
+/// The one-byte key of length-delimited field `number`.
 pub(super) const fn delimited_key(number: u32) -> u8 {
-    (number << 3) as u8 | WireType::LengthDelimited as u8
+    one_byte_key(number, WireType::LengthDelimited)
 }
 
 /// Checks message `msg` in `buf`, whose fields may nest `depth` more messages, noting the span's
